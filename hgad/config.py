@@ -1,0 +1,159 @@
+"""The model's configuration: everything needed to rebuild it, saved in the model directory's JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ModelFormatError
+
+PRIORS = ("hgad", "single")
+COMBINES = ("product", "likelihood")
+IMAGE_SCORES = ("max", "topk")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A frozen timm CNN; `out_indices` picks the feature levels (timm `features_only` indices)."""
+
+    name: str = "tf_efficientnet_lite0"
+    # Index 2 is stride 8 (40 channels on Lite0), 3 is stride 16 (112 channels).
+    out_indices: tuple[int, ...] = (2, 3)
+    # A local weights file (safetensors or a plain state dict); None takes the packaged Lite0 weights.
+    weights: str | None = None
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """One flow per level: affine couplings conditioned on a 2-D sinusoidal positional encoding."""
+
+    n_blocks: int = 8
+    pos_dim: int = 64
+    hidden_ratio: float = 2.0
+    clamp: float = 1.9
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """`hgad`: hierarchical Gaussian mixture (K classes x M centres); `single`: N(0, I), the baseline."""
+
+    kind: str = "hgad"
+    n_centres: int = 10
+    init_distance: float = 5.0
+    # AltUB-style learned per-class diagonal log-scale, clamped; an ablation, off by default.
+    learn_scale: bool = False
+    scale_clamp: float = 3.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_images: int = 8
+    # Positions drawn per image and level at each step; 0 uses every position.
+    positions_per_image: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.95, 0.99)
+    warmup_epochs: float = 1.0
+    lambda1: float = 1.0
+    # The paper's weight of the mutual-information term; on our benchmarks 10-100 behave alike (docs/results.md).
+    lambda2: float = 100.0
+    label_smoothing: float = 0.02
+    # 0-based epoch at which the intra-class loss L_in joins (the paper's "from the third epoch").
+    intra_start_epoch: int = 2
+    grad_clip: float = 5.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How level maps become one anomaly map and one image score."""
+
+    combine: str = "product"
+    # Gaussian smoothing of the final map, in pixels at 256 px input (scaled with the input size).
+    sigma: float = 4.0
+    image_score: str = "max"
+    topk: int = 10
+    # Quantile of normal training log-likelihoods used as each level's frozen reference.
+    ref_quantile: float = 0.999
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    classes: tuple[str, ...]
+    image_size: int = 256
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "model.json") -> ModelConfig:
+        try:
+            return cls(
+                classes=tuple(data["classes"]),
+                image_size=int(data["image_size"]),
+                backbone=_build(BackboneConfig, data["backbone"], f"{source}: backbone"),
+                flow=_build(FlowConfig, data["flow"], f"{source}: flow"),
+                prior=_build(PriorConfig, data["prior"], f"{source}: prior"),
+                train=_build(TrainConfig, data["train"], f"{source}: train"),
+                score=_build(ScoreConfig, data["score"], f"{source}: score"),
+            )
+        except KeyError as exc:
+            raise ModelFormatError(f"{source}: missing key {exc.args[0]!r} in the model configuration") from None
+        except (TypeError, ValueError) as exc:
+            raise ModelFormatError(f"{source}: invalid model configuration: {exc}") from None
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{where}: expected a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ModelFormatError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    values = {}
+    for key, value in data.items():
+        # JSON has no tuples; the dataclasses are frozen and compared by value, so restore them.
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def validate(cfg: ModelConfig) -> None:
+    def bad(msg: str) -> None:
+        raise ValueError(msg)
+
+    if not cfg.classes:
+        bad("classes: at least one class (product line) is needed")
+    if len(set(cfg.classes)) != len(cfg.classes):
+        bad(f"classes: duplicate names in {list(cfg.classes)}")
+    if cfg.image_size < 64 or cfg.image_size % 32:
+        bad(f"image_size: {cfg.image_size} is not valid; use a multiple of 32, at least 64 (e.g. 256)")
+    if not cfg.backbone.out_indices:
+        bad("backbone.out_indices: at least one feature level is needed")
+    if cfg.flow.n_blocks < 1:
+        bad(f"flow.n_blocks: {cfg.flow.n_blocks} must be >= 1")
+    if cfg.flow.pos_dim % 4 or cfg.flow.pos_dim < 4:
+        bad(f"flow.pos_dim: {cfg.flow.pos_dim} must be a positive multiple of 4")
+    if cfg.prior.kind not in PRIORS:
+        bad(f"prior.kind: {cfg.prior.kind!r} is not one of {', '.join(PRIORS)}")
+    if cfg.prior.n_centres < 1:
+        bad(f"prior.n_centres: {cfg.prior.n_centres} must be >= 1")
+    if cfg.score.combine not in COMBINES:
+        bad(f"score.combine: {cfg.score.combine!r} is not one of {', '.join(COMBINES)}")
+    if cfg.score.image_score not in IMAGE_SCORES:
+        bad(f"score.image_score: {cfg.score.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
+    if not 0.5 < cfg.score.ref_quantile <= 1.0:
+        bad(f"score.ref_quantile: {cfg.score.ref_quantile} must be in (0.5, 1]")
+    if cfg.train.epochs < 1:
+        bad(f"train.epochs: {cfg.train.epochs} must be >= 1")

@@ -1,0 +1,1 @@
+"""Datasets: MVTec AD, VisA and BTAD layouts, plain folders of normal images, and a synthetic generator."""

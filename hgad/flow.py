@@ -1,0 +1,96 @@
+"""Normalizing flow over the channel vector at each feature-map position.
+
+Each block (after FrEIA's AllInOneBlock): an affine coupling whose subnet reads the passive half of the
+channels plus a 2-D sinusoidal positional encoding of the position and predicts a soft-clamped scale and
+a shift for the active half; then a learned global affine (softplus scale, starts at identity); then a
+fixed random orthogonal mixing of the channels. Tensors are channels-last, [..., C], so the same code
+trains on sampled positions [N, C] and scores whole maps [B, H, W, C] (a 1x1 convolution in effect).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FlowConfig
+
+
+def positional_encoding_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """[height, width, dim]: sin/cos of the column in the first half of `dim`, of the row in the second."""
+    if dim % 4:
+        raise ValueError(f"positional encoding dimension {dim} must be a multiple of 4")
+    half = dim // 2
+    freq = torch.exp(torch.arange(0, half, 2, dtype=torch.float64) * -(math.log(1e4) / half))
+    cols = torch.arange(width, dtype=torch.float64)[:, None] * freq  # [W, half/2]
+    rows = torch.arange(height, dtype=torch.float64)[:, None] * freq  # [H, half/2]
+    enc = torch.zeros(height, width, dim, dtype=torch.float64)
+    enc[:, :, 0:half:2] = torch.sin(cols)[None, :, :]
+    enc[:, :, 1:half:2] = torch.cos(cols)[None, :, :]
+    enc[:, :, half::2] = torch.sin(rows)[:, None, :]
+    enc[:, :, half + 1 :: 2] = torch.cos(rows)[:, None, :]
+    return enc.float()
+
+
+def random_orthogonal(n: int, generator: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(n, n, generator=generator, dtype=torch.float64))
+    # Sign fix makes the draw uniform (Haar) rather than biased by QR's convention.
+    q = q * torch.sign(torch.diagonal(r))[None, :]
+    return q.float()
+
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(x) == 1
+
+
+class CouplingBlock(nn.Module):
+    def __init__(self, channels: int, cond_dim: int, hidden: int, clamp: float, generator: torch.Generator):
+        super().__init__()
+        self.passive = channels // 2
+        self.active = channels - self.passive
+        self.clamp = clamp
+        # The subnet's first layer is split into a feature part and a position part: the same map as a
+        # Linear over the concatenation, without materialising it for every frame of a batch.
+        self.in_x = nn.Linear(self.passive, hidden)
+        self.in_pos = nn.Linear(cond_dim, hidden, bias=False)
+        self.out = nn.Linear(hidden, 2 * self.active)
+        # Zero output layer: every block starts as the identity, so early training is stable.
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.global_scale = nn.Parameter(torch.full((channels,), _SOFTPLUS_ONE))
+        self.global_shift = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("mix", random_orthogonal(channels, generator))
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x1, x2 = x[..., : self.passive], x[..., self.passive :]
+        h = F.relu(self.in_x(x1) + self.in_pos(pos))
+        a = self.out(h)
+        s = self.clamp * torch.tanh(a[..., : self.active] / self.clamp)
+        y2 = x2 * torch.exp(s) + a[..., self.active :]
+        y = torch.cat([x1, y2], dim=-1)
+        scale = F.softplus(self.global_scale)
+        y = y * scale + self.global_shift
+        y = y @ self.mix.t()
+        logdet = s.sum(dim=-1) + torch.log(scale).sum()
+        return y, logdet
+
+
+class Flow(nn.Module):
+    """x [..., C] and positional encodings broadcastable to [..., P] -> z [..., C], log|det J| [...]."""
+
+    def __init__(self, channels: int, cfg: FlowConfig, seed: int):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        hidden = max(8, round(cfg.hidden_ratio * channels))
+        self.channels = channels
+        self.blocks = nn.ModuleList(
+            CouplingBlock(channels, cfg.pos_dim, hidden, cfg.clamp, generator) for _ in range(cfg.n_blocks)
+        )
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = x.new_zeros(x.shape[:-1])
+        for block in self.blocks:
+            x, ld = block(x, pos)
+            logdet = logdet + ld
+        return x, logdet

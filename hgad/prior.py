@@ -1,0 +1,156 @@
+"""Latent priors of one feature level, with their training losses and their scoring terms.
+
+`HierarchicalPrior` is HGAD's: K main centres mu_k with class weights pi = softmax(psi) (the inter-class
+mixture), and per class M intra-class centres nu_k1 = sg(mu_k), nu_km = sg(mu_k) + delta_km with weights
+w_k = softmax(phi_k). `SinglePrior` is the plain N(0, I) flow prior, the ablation baseline.
+
+All log-likelihoods are per dimension (divided by C), as in the paper's losses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PriorConfig, TrainConfig
+
+LOG_2PI_HALF = 0.5 * math.log(2 * math.pi)
+# Added to the class logits outside the selected line(s) in class-aware scoring. Finite (fp16-safe)
+# rather than -inf, so an exported graph never meets inf - inf.
+MASKED = -1.0e4
+
+
+@dataclass
+class LevelLosses:
+    total: torch.Tensor
+    parts: dict[str, torch.Tensor]
+
+
+def squared_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """||z - c||^2 for z [..., C] and centres [J, C] -> [..., J], via one matrix product."""
+    zz = (z * z).sum(dim=-1, keepdim=True)
+    cc = (centres * centres).sum(dim=-1)
+    return (zz - 2.0 * (z @ centres.t()) + cc).clamp_min(0.0)
+
+
+def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def orthogonal_centres(n_classes: int, channels: int, distance: float, generator: torch.Generator):
+    """Main centres at a pairwise distance of `distance`: orthonormal rows scaled by distance / sqrt(2)."""
+    if n_classes <= channels:
+        q, _ = torch.linalg.qr(torch.randn(channels, n_classes, generator=generator, dtype=torch.float64))
+        rows = q.t()
+    else:
+        # More classes than channels: no orthogonal set exists; random directions are nearly so.
+        rows = F.normalize(torch.randn(n_classes, channels, generator=generator, dtype=torch.float64), dim=1)
+    return (rows * (distance / math.sqrt(2.0))).float()
+
+
+class HierarchicalPrior(nn.Module):
+    has_entropy = True
+
+    def __init__(self, n_classes: int, channels: int, cfg: PriorConfig, generator: torch.Generator):
+        super().__init__()
+        self.n_classes = n_classes
+        self.channels = channels
+        self.n_centres = cfg.n_centres
+        self.scale_clamp = cfg.scale_clamp
+        self.mu = nn.Parameter(orthogonal_centres(n_classes, channels, cfg.init_distance, generator))
+        self.psi = nn.Parameter(torch.zeros(n_classes))
+        self.delta = nn.Parameter(torch.randn(n_classes, cfg.n_centres - 1, channels, generator=generator))
+        self.phi = nn.Parameter(torch.zeros(n_classes, cfg.n_centres))
+        self.log_scale = nn.Parameter(torch.zeros(n_classes, channels)) if cfg.learn_scale else None
+
+    def centres(self) -> torch.Tensor:
+        """[K, M, C]; the main centre is detached so L_in moves only the deltas around it."""
+        main = self.mu.detach()[:, None, :]
+        return torch.cat([main, main + self.delta], dim=1)
+
+    def _scales(self) -> torch.Tensor | None:
+        if self.log_scale is None:
+            return None
+        return self.log_scale.clamp(-self.scale_clamp, self.scale_clamp)
+
+    def _intra_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log sum_m w_km N(z; nu_km, Sigma_k) without the 2*pi constant: [..., K]."""
+        centres = self.centres()
+        k, m, c = centres.shape
+        s = self._scales()
+        if s is None:
+            d = squared_distances(z, centres.reshape(k * m, c)).reshape(*z.shape[:-1], k, m)
+            log_norm = z.new_zeros(k)
+        else:
+            inv_var = torch.exp(-2.0 * s)  # [K, C]
+            zz = (z * z) @ inv_var.t()  # [..., K]
+            cross = z @ (centres * inv_var[:, None, :]).reshape(k * m, c).t()
+            cc = (centres * centres * inv_var[:, None, :]).sum(-1)  # [K, M]
+            d = (zz[..., :, None] - 2.0 * cross.reshape(*z.shape[:-1], k, m) + cc).clamp_min(0.0)
+            log_norm = -s.sum(dim=-1)
+        log_w = F.log_softmax(self.phi, dim=-1)
+        return torch.logsumexp(log_w - 0.5 * d, dim=-1) + log_norm
+
+    def losses(
+        self, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, intra: bool
+    ) -> LevelLosses:
+        c = self.channels
+        logits = -0.5 * squared_distances(z, self.mu)  # [N, K]
+        log_pi = F.log_softmax(self.psi, dim=0)
+        l_g = -(torch.logsumexp(logits + log_pi, dim=-1) + logdet).mean() / c
+        l_mi = F.cross_entropy(logits + log_pi.detach(), y, label_smoothing=cfg.label_smoothing)
+        l_e = entropy_of_logits(logits).mean()
+        total = cfg.lambda1 * l_g + cfg.lambda2 * l_mi + l_e
+        parts = {"L_g": l_g, "L_mi": l_mi, "L_e": l_e}
+        if intra:
+            per_class = self._intra_log_density(z)  # [N, K]
+            own = per_class.gather(-1, y[:, None]).squeeze(-1)
+            l_in = -(own + logdet).mean() / c
+            total = total + l_in
+            parts["L_in"] = l_in
+        return LevelLosses(total, parts)
+
+    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor):
+        """Per-dimension log-likelihood and inter-class entropy at each position.
+
+        `class_bias` ([..., K], 0 for an allowed class and MASKED otherwise) selects the mixture:
+        all zeros is class-agnostic (logsumexp over every class and centre), one zero is class-aware.
+        Class-aware keeps log pi_y, i.e. it scores log p(z, y), so one frozen reference serves both modes.
+        """
+        log_pi = F.log_softmax(self.psi, dim=0)
+        joint = log_pi + self._intra_log_density(z) + class_bias
+        ll = (torch.logsumexp(joint, dim=-1) + logdet) / self.channels - LOG_2PI_HALF
+        entropy = entropy_of_logits(-0.5 * squared_distances(z, self.mu))
+        return ll, entropy
+
+
+class SinglePrior(nn.Module):
+    """N(0, I): one Gaussian for every class. The flow learns the 'homogeneous mapping' shortcut here."""
+
+    has_entropy = False
+
+    def __init__(self, n_classes: int, channels: int):
+        super().__init__()
+        self.n_classes = n_classes
+        self.channels = channels
+
+    def losses(
+        self, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, intra: bool
+    ) -> LevelLosses:
+        l_g = -(-0.5 * (z * z).sum(dim=-1) + logdet).mean() / self.channels
+        return LevelLosses(cfg.lambda1 * l_g, {"L_g": l_g})
+
+    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor):
+        ll = (-0.5 * (z * z).sum(dim=-1) + logdet) / self.channels - LOG_2PI_HALF
+        return ll, torch.zeros_like(ll)
+
+
+def build_prior(cfg: PriorConfig, n_classes: int, channels: int, seed: int) -> nn.Module:
+    if cfg.kind == "single":
+        return SinglePrior(n_classes, channels)
+    return HierarchicalPrior(n_classes, channels, cfg, torch.Generator().manual_seed(seed))

@@ -1,0 +1,94 @@
+"""`hgad-edge bench`: per-stage milliseconds, frames/s at batch 1 and N, peak memory, backend and device.
+
+Frames are camera-sized (1280x720) so the preprocess stage includes the resize the agent really does.
+Medians over repeated runs; the ratio of head (flows + scoring) to backbone is what the design tracks:
+on 2 CPU cores at 256 px the head must cost no more than the backbone.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .backend import Backend
+from .parity import golden_frames
+from .preprocess import to_batch
+
+CAMERA_SHAPE = (720, 1280)
+
+
+def _camera_frames(size: int, n: int) -> list[np.ndarray]:
+    base = golden_frames(size, 2)
+    return [cv2.resize(base[i % 2], CAMERA_SHAPE[::-1], interpolation=cv2.INTER_LINEAR) for i in range(n)]
+
+
+def _one_batch(backend: Backend, frames: list[np.ndarray], iters: int, warmup: int) -> dict[str, Any]:
+    staged = getattr(backend, "infer_staged", None)
+    runs: list[dict[str, float]] = []
+    for i in range(warmup + iters):
+        t0 = time.perf_counter()
+        x = to_batch(frames, backend.image_size)
+        resize_ms = (time.perf_counter() - t0) * 1000.0
+        t1 = time.perf_counter()
+        out = staged(x) if staged else backend.infer(x)
+        total_ms = resize_ms + (time.perf_counter() - t1) * 1000.0
+        stages = dict(out.timings_ms) if out.timings_ms else {"engine": total_ms - resize_ms}
+        stages["preprocess"] = stages.get("preprocess", 0.0) + resize_ms
+        stages["total"] = total_ms
+        if i >= warmup:
+            runs.append(stages)
+    med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    p90 = sorted(r["total"] for r in runs)[max(0, int(0.9 * len(runs)) - 1)]
+    n = len(frames)
+    return {
+        "stages_ms": {k: round(v, 3) for k, v in med.items() if k != "total"},
+        "total_ms": round(med["total"], 3),
+        "total_ms_p90": round(p90, 3),
+        "ms_per_frame": round(med["total"] / n, 3),
+        "fps": round(n * 1000.0 / med["total"], 2),
+    }
+
+
+def run_bench(backend: Backend, batch: int = 8, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
+    if backend.info.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    results = {}
+    for b in sorted({1, batch}):
+        results[str(b)] = _one_batch(backend, _camera_frames(backend.image_size, b), iters, warmup)
+    ratios = {}
+    for b, r in results.items():
+        s = r["stages_ms"]
+        if "backbone" in s and s["backbone"] > 0:
+            ratios[b] = round((s["flow"] + s["postprocess"]) / s["backbone"], 3)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kB on Linux
+    out: dict[str, Any] = {
+        "backend": backend.info.name,
+        "device": backend.info.device,
+        "precision": backend.info.precision,
+        "detail": backend.info.detail,
+        "model_id": backend.info.model_id,
+        "image_size": backend.image_size,
+        "camera_frame": list(CAMERA_SHAPE),
+        "mode": "class-agnostic",
+        "batches": results,
+        "head_to_backbone_ratio": ratios,
+        "peak_rss_mb": round(peak_rss, 1),
+        "host": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "iterations": iters,
+    }
+    if backend.info.device.startswith("cuda"):
+        out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
