@@ -1,0 +1,312 @@
+"""Camera sources read through OpenCV, one capture thread each.
+
+Sources: a device index (V4L2), a video file (optionally looped), an RTSP/HTTP(S) URL, a GStreamer
+pipeline (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`), or a folder of images. Live sources hand over
+only the newest frame (older ones are dropped and counted); recordings are lossless by default so every
+frame is judged. A source that fails to open, stalls or ends is reported down and reopened with
+exponential backoff; corrupt frames and undecodable images are counted and skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hgad.data.images import IMAGE_EXTENSIONS
+
+from .config import CameraConfig
+from .health import Rate
+
+log = logging.getLogger(__name__)
+
+# Read attempts that fail in a row before a source counts as lost and is reopened.
+MAX_BAD_READS = 10
+
+
+@dataclass
+class Frame:
+    camera: str
+    index: int  # position in the source (frame number of a file, count of frames read otherwise)
+    image: np.ndarray  # BGR uint8
+    captured: float  # wall clock (epoch seconds)
+    captured_mono: float  # monotonic clock, for latencies
+
+
+@dataclass
+class CameraStats:
+    frames_in: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    corrupt: int = 0
+    reconnects: int = 0
+    opens: int = 0
+    up: bool = False
+    ended: bool = False
+    last_error: str = ""
+    down_since: float | None = None
+
+
+def gstreamer_available() -> bool:
+    """pip's opencv-python wheels have no GStreamer; JetPack's OpenCV has it."""
+    try:
+        return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
+    except AttributeError:  # pragma: no cover - very old OpenCV
+        return "GStreamer:                   YES" in cv2.getBuildInformation()
+
+
+def source_type(cfg: CameraConfig) -> str:
+    if cfg.type != "auto":
+        return cfg.type
+    s = cfg.source.strip()
+    if s.isdigit():
+        return "device"
+    if "://" in s:
+        return "url"
+    if "!" in s:
+        return "gstreamer"
+    if Path(s).is_dir():
+        return "folder"
+    return "file"
+
+
+class FolderCapture:
+    """A folder of images as a source (sorted by name), with VideoCapture's read/isOpened/release."""
+
+    def __init__(self, folder: str):
+        p = Path(folder)
+        self.files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS) if p.is_dir() else []
+        self.pos = 0
+        self.undecodable = 0
+
+    def isOpened(self) -> bool:
+        return bool(self.files)
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        while self.pos < len(self.files):
+            f = self.files[self.pos]
+            self.pos += 1
+            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
+            if img is not None:
+                return True, img
+            self.undecodable += 1
+        return False, None
+
+    def get(self, prop: int) -> float:
+        if prop == cv2.CAP_PROP_FRAME_COUNT:
+            return float(len(self.files))
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            return float(self.pos)
+        return 0.0
+
+    def set(self, prop: int, value: float) -> bool:
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            self.pos = int(value)
+            return True
+        return False
+
+    def release(self) -> None:
+        self.files = []
+
+
+def open_capture(kind: str, source: str, timeout_s: float):
+    """An opened capture, or None."""
+    ms = int(timeout_s * 1000)
+    if kind == "folder":
+        cap = FolderCapture(source)
+    elif kind == "device":
+        cap = cv2.VideoCapture(int(source))
+    elif kind == "url":
+        # Timeouts make a dead stream return from read() instead of blocking the thread for ever.
+        cap = cv2.VideoCapture(
+            source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        )
+    elif kind == "gstreamer":
+        cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+    else:
+        if not Path(source).is_file():
+            return None
+        cap = cv2.VideoCapture(source)
+    if not cap.isOpened():
+        cap.release()
+        return None
+    return cap
+
+
+class Camera:
+    def __init__(self, cfg: CameraConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.kind = source_type(cfg)
+        self.recording = self.kind in ("file", "folder")
+        self.lossless = self.recording and not cfg.realtime
+        self.stats = CameraStats()
+        self.rate = Rate()  # frames read per second
+        self._cond = threading.Condition()
+        self._slot: Frame | None = None
+        self._stop = threading.Event()
+        self._reopen = threading.Event()
+        self._cap = None
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
+        self.last_frame_mono = 0.0
+
+    # ------------------------------------------------------------------ consumer side
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def join(self, timeout: float = 5.0) -> None:
+        self._thread.join(timeout)
+
+    def take(self) -> Frame | None:
+        """The newest frame not yet taken, or None."""
+        with self._cond:
+            frame, self._slot = self._slot, None
+            if frame is not None:
+                self.stats.delivered += 1
+                self._cond.notify_all()  # a lossless producer waits for the slot to empty
+            return frame
+
+    def wait_any(self, timeout: float) -> None:
+        with self._cond:
+            if self._slot is None and not self._stop.is_set():
+                self._cond.wait(timeout)
+
+    @property
+    def finished(self) -> bool:
+        """A recording without loop that has been read to its end and handed over entirely."""
+        return self.stats.ended and self._slot is None
+
+    def check_stall(self, now: float) -> bool:
+        """Watchdog: a live source with no frame for stall_timeout_s is marked down and reopened."""
+        if self.stats.up and not self.lossless and now - self.last_frame_mono > self.cfg.stall_timeout_s:
+            self._mark_down(f"no frame for {self.cfg.stall_timeout_s:g} s")
+            self._reopen.set()
+            cap = self._cap
+            if cap is not None:
+                with contextlib.suppress(Exception):  # unblocks a read() stuck on a dead stream
+                    cap.release()
+            return True
+        return False
+
+    # ------------------------------------------------------------------ producer side
+    def _mark_down(self, why: str) -> None:
+        if self.stats.up:
+            log.warning("camera down", extra={"fields": {"camera": self.name, "reason": why}})
+        self.stats.up = False
+        self.stats.last_error = why
+        if self.stats.down_since is None:
+            self.stats.down_since = time.time()
+
+    def _mark_up(self) -> None:
+        if not self.stats.up:
+            log.info("camera up", extra={"fields": {"camera": self.name, "source": self.kind}})
+        self.stats.up = True
+        self.stats.down_since = None
+        self.stats.last_error = ""
+
+    def _put(self, image: np.ndarray, index: int) -> None:
+        now_mono = time.monotonic()
+        frame = Frame(self.name, index, image, time.time(), now_mono)
+        with self._cond:
+            if self.lossless:
+                while self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
+            elif self._slot is not None:
+                self.stats.dropped += 1
+            self._slot = frame
+            self.stats.frames_in += 1
+            self.rate.tick(now_mono)
+            self.last_frame_mono = now_mono
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        backoff = self.cfg.reopen_min_s
+        index = 0
+        while not self._stop.is_set():
+            cap = open_capture(self.kind, self.cfg.source, self.cfg.stall_timeout_s)
+            if cap is None:
+                self._mark_down(f"cannot open {self.kind} source")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.reopen_max_s)
+                continue
+            self.stats.opens += 1
+            if self.stats.opens > 1:
+                self.stats.reconnects += 1
+            self._cap = cap
+            self._reopen.clear()
+            self.last_frame_mono = time.monotonic()
+            fps = cap.get(cv2.CAP_PROP_FPS) if self.kind == "file" else 0.0
+            period = 1.0 / fps if self.cfg.realtime and fps and fps > 0 else 0.0
+            ended = self._read_loop(cap, period, index)
+            index = ended[1]
+            undecodable = getattr(cap, "undecodable", 0)
+            self.stats.corrupt += undecodable
+            with contextlib.suppress(Exception):
+                cap.release()
+            self._cap = None
+            if ended[0] == "eof":
+                if self.recording and self.cfg.loop:
+                    backoff = self.cfg.reopen_min_s
+                    index = 0
+                    continue
+                self.stats.ended = True
+                self._mark_down("end of recording")
+                with self._cond:
+                    self._cond.notify_all()
+                return
+            if ended[0] == "delivered":
+                backoff = self.cfg.reopen_min_s
+            if not self._stop.is_set():
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self.cfg.reopen_max_s)
+
+    def _read_loop(self, cap, period: float, index: int) -> tuple[str, int]:
+        """Read until the source ends, fails or is told to reopen. Returns (why, next index)."""
+        bad = 0
+        delivered = False
+        t0 = time.monotonic()
+        n0 = index
+        total = cap.get(cv2.CAP_PROP_FRAME_COUNT) if self.recording else 0
+        while not self._stop.is_set() and not self._reopen.is_set():
+            try:
+                ok, img = cap.read()
+            except cv2.error as exc:
+                ok, img = False, None
+                self.stats.last_error = str(exc).splitlines()[0]
+            if ok and img is not None and img.size and img.ndim in (2, 3) and img.dtype == np.uint8:
+                bad = 0
+                delivered = True
+                self._mark_up()
+                self._put(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), index)
+                index += 1
+                if period:
+                    wait = t0 + (index - n0) * period - time.monotonic()
+                    if wait > 0:
+                        self._stop.wait(wait)
+                continue
+            if self.recording:
+                pos = cap.get(cv2.CAP_PROP_POS_FRAMES)
+                if total <= 0 or pos >= total or bad >= MAX_BAD_READS:
+                    return "eof", index
+                # A frame that does not decode inside a recording: skip it.
+                self.stats.corrupt += 1
+                index += 1
+                bad += 1
+                continue
+            bad += 1
+            self.stats.corrupt += 1 if ok else 0
+            if bad >= MAX_BAD_READS or not ok:
+                self._mark_down("read failed" if not ok else "frames do not decode")
+                return ("delivered" if delivered else "failed"), index
+        return ("delivered" if delivered else "stopped"), index
