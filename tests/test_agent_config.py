@@ -1,0 +1,164 @@
+"""Agent configuration: the example file is valid, and bad configs are one clear line and exit code 2."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.config import ConfigError, load_config, parse_config
+
+from .conftest import ROOT, hgad_cli
+
+
+@pytest.fixture
+def base(tmp_path, tiny_model_dir) -> dict:
+    video = tmp_path / "line.avi"
+    video.write_bytes(b"")
+    return {
+        "model": str(tiny_model_dir),
+        "cameras": [{"name": "cam1", "source": str(video), "line": "fabric"}],
+        "storage": {"state_dir": str(tmp_path / "state")},
+    }
+
+
+def test_example_config_is_complete_and_valid(tmp_path, tiny_model_dir):
+    data = yaml.safe_load((ROOT / "config.example.yaml").read_text())
+    data["model"] = str(tiny_model_dir)
+    cfg = parse_config(data, "config.example.yaml", tmp_path)
+    assert cfg.cameras[0].line == "fabric"
+    # Every option of every section is documented in the example (same keys as the dataclasses).
+    from dataclasses import fields
+
+    from agent.config import AgentConfig, CameraConfig, MQTTConfig, TLSConfig
+
+    for cls, section in (
+        (AgentConfig, data),
+        (MQTTConfig, data["mqtt"]),
+        (TLSConfig, data["mqtt"]["tls"]),
+        (CameraConfig, data["cameras"][0]),
+    ):
+        assert {f.name for f in fields(cls)} == set(section), cls.__name__
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path, tiny_model_dir):
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "m")
+    (tmp_path / "cfg.yaml").write_text("model: models/m\ncameras:\n  - {name: c, source: videos/a.mp4, line: fabric}\n")
+    cfg = load_config(tmp_path / "cfg.yaml")
+    assert Path(cfg.model) == (tmp_path / "models/m").resolve()
+    assert Path(cfg.cameras[0].source) == (tmp_path / "videos/a.mp4").resolve()
+
+
+def test_password_never_appears_in_the_config_repr(base):
+    base["mqtt"] = {"username": "line3", "password": "s3cret-Pa55"}
+    cfg = parse_config(base)
+    assert "s3cret-Pa55" not in repr(cfg)
+
+
+BAD = [
+    ("unknown_top", lambda c: c.update(modle="x"), "modle: unknown key"),
+    ("missing_model", lambda c: c.pop("model"), "model: required key is missing"),
+    ("model_not_dir", lambda c: c.update(model="/nonexistent/model"), "model: /nonexistent/model is not a model"),
+    ("no_cameras", lambda c: c.update(cameras=[]), "cameras: at least one camera"),
+    ("cameras_not_list", lambda c: c.update(cameras={"name": "x"}), "cameras: expected a list"),
+    ("camera_missing_line", lambda c: c["cameras"][0].pop("line"), "cameras[0].line: required key is missing"),
+    ("camera_bad_name", lambda c: c["cameras"][0].update(name="cam/1"), "cameras[0].name"),
+    ("camera_dup", lambda c: c["cameras"].append(dict(c["cameras"][0])), "cameras[1].name: 'cam1' is used by two"),
+    ("camera_type", lambda c: c["cameras"][0].update(type="webcam"), "cameras[0].type: 'webcam' is not one of"),
+    ("camera_loop_type", lambda c: c["cameras"][0].update(loop="yes"), "cameras[0].loop: 'yes' is not true/false"),
+    ("backend", lambda c: c.update(backend="onnx"), "backend: 'onnx' is not one of auto, torch, tensorrt"),
+    ("precision", lambda c: c.update(precision="fp8"), "precision: 'fp8' is not one of"),
+    ("batch_type", lambda c: c.update(batch="four"), "batch: 'four' is not an integer"),
+    ("batch_range", lambda c: c.update(batch=0), "batch: 0 must be between 1 and 64"),
+    ("port_type", lambda c: c.update(mqtt={"port": "1883x"}), "mqtt.port: '1883x' is not an integer"),
+    ("port_range", lambda c: c.update(mqtt={"port": 70000}), "mqtt.port: 70000 is not a TCP port"),
+    ("prefix", lambda c: c.update(mqtt={"prefix": "hgad/#"}), "mqtt.prefix"),
+    ("mqtt_unknown", lambda c: c.update(mqtt={"hostname": "x"}), "mqtt.hostname: unknown key (did you mean host?)"),
+    (
+        "password_both",
+        lambda c: c.update(mqtt={"password": "a", "password_file": "/etc/hostname"}),
+        "mqtt.password_file: give either",
+    ),
+    (
+        "password_file_missing",
+        lambda c: c.update(mqtt={"password_file": "/no/such/file"}),
+        "mqtt.password_file: /no/such/file does not exist",
+    ),
+    (
+        "tls_ca_missing",
+        lambda c: c.update(mqtt={"tls": {"enabled": True, "ca_file": "/no/ca.pem"}}),
+        "mqtt.tls.ca_file: /no/ca.pem does not exist",
+    ),
+    ("decision_zero", lambda c: c.update(decision={"open_after": 0}), "decision.open_after"),
+    ("decision_type", lambda c: c.update(decision={"close_after": 2.5}), "decision.close_after: 2.5 is not an integer"),
+    ("far_range", lambda c: c.update(calibration={"far": 1.5}), "calibration.far: 1.5 is not a rate"),
+    ("live_frames", lambda c: c.update(calibration={"live_frames": 5}), "calibration.live_frames: 5 is too few"),
+    ("retention", lambda c: c.update(storage={"max_events": 0}), "storage.max_events"),
+    ("log_level", lambda c: c.update(log_level="loud"), "log_level: 'loud' is not one of"),
+    ("device_id", lambda c: c.update(device_id="line 3"), "device_id: 'line 3' must be"),
+    ("section_not_mapping", lambda c: c.update(health=[1, 2]), "health: expected a mapping"),
+]
+
+
+@pytest.mark.parametrize(("name", "mutate", "expect"), BAD, ids=[b[0] for b in BAD])
+def test_bad_config_is_one_clear_error(name, mutate, expect, base):
+    data = copy.deepcopy(base)
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "cfg.yaml")
+    msg = str(info.value)
+    assert msg.startswith("cfg.yaml: ") and expect in msg, msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("model: [unclosed\n", "not valid YAML at line"),
+        ("- just\n- a list\n", "top level: expected a mapping"),
+    ],
+)
+def test_bad_config_files_through_the_cli(text, expect, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    r = hgad_cli("run", "--config", str(cfg))
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and expect in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_config_file_exit_code(tmp_path):
+    r = hgad_cli("run", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "config file does not exist" in r.stderr
+
+
+def test_systemd_unit_verifies(tmp_path):
+    """`systemd-analyze verify` on the shipped unit, its ExecStart pointed at this installation."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed on this machine (apt-get install systemd)")
+    import subprocess
+    import sys
+
+    unit = (ROOT / "systemd" / "hgad-edge.service").read_text()
+    for key in (
+        "Type=notify",
+        "WatchdogSec=",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=",
+        "CacheDirectory=",
+        "LoadCredential=mqtt-password:",
+        "Restart=on-failure",
+        "User=hgad-edge",
+    ):
+        assert key in unit, key
+    exe = Path(sys.executable).with_name("hgad-edge")
+    local = tmp_path / "hgad-edge.service"
+    local.write_text(unit.replace("/opt/hgad-edge/venv/bin/hgad-edge", str(exe)))
+    r = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "hgad-edge.service" not in r.stderr, r.stderr  # no warning about our unit

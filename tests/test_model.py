@@ -1,0 +1,172 @@
+"""The trained model: scores independent of the batch, frozen references, export parity, model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from hgad.config import ModelConfig, TrainConfig
+from hgad.data.datasets import load_split
+from hgad.data.images import read_image
+from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
+from hgad.model_dir import load_model
+from hgad.runtime.export import export_program, program_parity
+from hgad.runtime.parity import golden_frames
+from hgad.train import class_balanced_draws, fit_flows, train
+
+from .conftest import SIZE
+
+
+def _frames(data, n=6):
+    samples = load_split(data, "test", ["fabric"])
+    return np.stack([read_image(s.path, SIZE) for s in samples[:n]])
+
+
+def test_score_does_not_depend_on_the_rest_of_the_batch(tiny_model, tiny_data):
+    model = tiny_model.model
+    frames = torch.from_numpy(_frames(tiny_data))
+    with torch.inference_mode():
+        alone = [model(frames[i : i + 1], model.class_bias(None, 1)) for i in range(len(frames))]
+        together_maps, together = model(frames, model.class_bias(None, len(frames)))
+        # The same first frame next to very different company (all white) scores the same.
+        other = torch.cat([frames[:1], torch.full_like(frames[1:], 255)])
+        _, mixed = model(other, model.class_bias(None, len(other)))
+    for i, (m, s) in enumerate(alone):
+        assert s.item() == pytest.approx(together[i].item(), rel=1e-4, abs=1e-5)
+        assert torch.allclose(m[0], together_maps[i], atol=1e-4)
+    assert mixed[0].item() == pytest.approx(alone[0][1].item(), rel=1e-4, abs=1e-5)
+
+
+def test_references_are_frozen_in_the_model(tiny_model):
+    m = tiny_model.model
+    meta = tiny_model.meta["normalisation"]
+    assert np.allclose(meta["ll_ref"], m.ll_ref.numpy(), atol=1e-5)
+    assert np.allclose(meta["entropy_ref"], m.entropy_ref.numpy(), atol=1e-5)
+    assert torch.isfinite(m.ll_ref).all() and (m.ll_ref != 0).any()
+
+
+def test_defects_score_higher_than_normals(tiny_model, tiny_data):
+    samples = load_split(tiny_data, "test", ["fabric", "pcb"])
+    frames = torch.from_numpy(np.stack([read_image(s.path, SIZE) for s in samples]))
+    labels = np.array([s.label for s in samples])
+    with torch.inference_mode():
+        _, scores = tiny_model.model(frames, tiny_model.model.class_bias(None, len(frames)))
+    assert scores[labels == 1].mean() > scores[labels == 0].mean()
+
+
+def test_export_program_matches_eager_on_cpu(tiny_model):
+    program = export_program(tiny_model, batch=2)
+    parity = program_parity(tiny_model, program.module(), batch=2)
+    assert parity.ok, parity
+    assert parity.max_score_error <= 1e-3
+
+
+def test_export_parity_would_catch_a_different_model(tiny_model, tiny_model_dir, tmp_path):
+    """The parity check itself can fail: an exported program of changed weights disagrees."""
+    other = load_model(tiny_model_dir)
+    with torch.no_grad():
+        other.model.flows[0].blocks[0].global_shift.add_(3.0)
+    parity = program_parity(tiny_model, export_program(other, 2).module(), batch=2)
+    assert not parity.ok
+
+
+def test_golden_frames_are_deterministic():
+    assert np.array_equal(golden_frames(128, 2), golden_frames(128, 2))
+
+
+# ------------------------------------------------------------------------------------------ model dir
+
+
+def test_roundtrip_keeps_scores_and_id(tiny_model, tiny_model_dir):
+    again = load_model(tiny_model_dir)
+    assert again.model_id == tiny_model.model_id
+    x = torch.from_numpy(golden_frames(SIZE, 2))
+    with torch.inference_mode():
+        a = tiny_model.model(x, tiny_model.model.class_bias(None, 2))[1]
+        b = again.model(x, again.model.class_bias(None, 2))[1]
+    assert torch.equal(a, b)
+
+
+def _copy(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_weights_are_refused(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    w = d / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        load_model(d)
+
+
+def test_foreign_directory_is_refused(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ModelFormatError, match="not an hgad-edge model"):
+        load_model(tmp_path)
+
+
+def test_not_json_is_refused(tmp_path):
+    (tmp_path / "model.json").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        load_model(tmp_path)
+
+
+def test_other_format_version_is_refused(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["format_version"] = 99
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="version 99 is not supported"):
+        load_model(d)
+
+
+def test_edited_configuration_changes_nothing_silently(tiny_model_dir, tmp_path):
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    meta["normalisation"]["ll_ref"][0] += 1.0
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelFormatError, match="model_id does not match"):
+        load_model(d)
+
+
+def test_missing_directory_is_one_clear_error(tmp_path):
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        load_model(tmp_path / "nope")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def test_class_balanced_draws_even_out_unequal_lines():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    draws = class_balanced_draws(labels, 20000, torch.Generator().manual_seed(0))
+    share = (labels[draws] == 1).float().mean().item()
+    assert 0.47 < share < 0.53
+
+
+def test_nan_stops_training_with_the_epoch(tiny_model_dir, tiny_model):
+    model = load_model(tiny_model_dir).model
+    feats = [torch.randn(4, c, s, s).half() for c, s in zip(model.channels, model.feature_sizes, strict=True)]
+    feats[0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1.*loss is nan"):
+        fit_flows(model, feats, torch.tensor([0, 0, 1, 1]), torch.device("cpu"))
+
+
+def test_training_is_seeded(tiny_data):
+    cfg = ModelConfig(classes=("fabric",), image_size=SIZE, train=TrainConfig(epochs=1, seed=5))
+    samples = load_split(tiny_data, "train", ["fabric"])[:8]
+    a, _ = train(cfg, samples)
+    b, _ = train(cfg, samples)
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert ka == kb and torch.equal(va, vb), ka
+
+
+def test_training_refuses_an_unknown_line(tiny_data):
+    cfg = ModelConfig(classes=("fabric",), image_size=SIZE)
+    with pytest.raises(DataError, match="unknown classes"):
+        train(cfg, load_split(tiny_data, "train", ["pcb"])[:2])
