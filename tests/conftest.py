@@ -198,6 +198,12 @@ class Collector:
                 self._cond.wait(left)
             return list(self.messages)
 
+    def wait_stopped(self, timeout: float = 30.0) -> list[Message]:
+        """Until the agent's retained `stopped`: its final stats (published just before, same QoS) are in."""
+        return self.wait_for(
+            lambda ms: any(m.topic.endswith("/status") and m.payload == b"stopped" for m in ms), timeout
+        )
+
     def on(self, suffix: str) -> list[Message]:
         with self._cond:
             return [m for m in self.messages if m.topic.endswith(suffix)]

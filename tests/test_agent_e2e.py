@@ -66,6 +66,7 @@ def test_one_alert_per_defect_episode(broker, collector_factory, tiny_model, tin
     assert con.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
+    col.wait_stopped()
     status = [m.payload for m in col.on("/status")]
     assert status[0] == b"online" and status[-1] == b"stopped"
     stats = [m.json() for m in col.on("/stats")]
@@ -134,6 +135,7 @@ def test_commands_switch_line_and_recalibrate_live(
         )
     finally:
         assert rig.stop() == 0, rig.output()
+    col.wait_stopped()
     assert col.on("/status")[-1].payload == b"stopped"
 
 

@@ -224,8 +224,8 @@ def test_http_stream_stopped_and_back(tmp_path, tiny_model_dir, calibrated_db, b
         server = MJPEGServer(server.port)
         server.start()
         col.wait_for(lambda ms: _state(col)["camera"] == "up" and _state(col)["frames"] > frames_down + 10, 60)
-        stats = [m.json() for m in col.on("/stats")]
-        assert stats[-1]["cameras"]["cam1"]["reconnects"] >= 1
+        # stats go out on their own interval, so the one counting the reopen may come after the state.
+        col.wait_for(lambda ms: any(m.json()["cameras"]["cam1"]["reconnects"] >= 1 for m in col.on("/stats")), 30)
     finally:
         assert rig.stop() == 0, rig.output()
         server.stop()
@@ -242,6 +242,7 @@ def test_undecodable_images_are_counted_and_skipped(tmp_path, tiny_model_dir, ca
     rig = make_rig(tmp_path, tiny_model_dir, broker.port, calibrated_db)
     rig.start(rig.config(folder), "--exit-when-done")
     assert rig.wait() == 0, rig.output()
+    col.wait_stopped()
     final = col.on("/stats")[-1].json()["cameras"]["cam1"]  # the agent publishes its stats once more on exit
     assert final["processed"] == 12
     assert final["corrupt"] == 2
@@ -261,6 +262,7 @@ def test_corrupt_frame_inside_a_recording(tmp_path, tiny_model_dir, calibrated_d
     rig.start(rig.config(video), "--exit-when-done")
     assert rig.wait() == 0, rig.output()
     # Either the decoder repaired the frame (judged) or it failed (counted as corrupt): none is lost silently.
+    col.wait_stopped()
     final = col.on("/stats")[-1].json()["cameras"]["cam1"]
     assert final["processed"] + final["corrupt"] >= 20 and final["processed"] >= 19
 
@@ -315,6 +317,7 @@ def test_agent_keeps_running_when_the_disk_is_nearly_full(
     free = shutil.disk_usage(tmp_path).free / 2**20
     rig.start(rig.config(video, storage={"min_free_mb": free + 1e6, "retention_interval_s": 0.5}), "--exit-when-done")
     assert rig.wait() == 0, rig.output()
+    col.wait_stopped()
     alerts = [a for a in _received(col) if a["type"] == "new"]
     assert len(alerts) == 2  # alerts still go out; their stored events are what retention frees
     freed = [int(m) for m in re.findall(r"msg=retention age=\d+ count=\d+ disk=(\d+)", rig.output())]
@@ -339,6 +342,7 @@ def test_password_never_in_logs_or_stats(tmp_path, tiny_model_dir, calibrated_db
         mqtt_cfg = {"username": "agent", "password_file": str(cred)}
         rig.start(rig.config(video, mqtt=mqtt_cfg, log_level="debug"), "--exit-when-done")
         assert rig.wait() == 0, rig.output()
+        col.wait_stopped()
         assert col.on("/alert"), "the agent did not log in"
         everything = rig.output() + "".join(m.payload.decode("latin-1") for m in col.messages)
         assert "agent" in rig.output() or col.on("/stats")  # the output is not empty
