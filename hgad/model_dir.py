@@ -35,7 +35,8 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (weights and engines are large)."""
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -71,7 +72,7 @@ def save_model(model: HGAD, out: Path, training: dict[str, Any] | None = None) -
     tmp.replace(weights)
     config = model.cfg.to_dict()
     norm = normalisation_of(model)
-    weights_sha = _sha256(weights)
+    weights_sha = file_sha256(weights)
     model_id = _model_id(weights_sha, config, norm)
     meta = {
         "format": FORMAT,
@@ -122,7 +123,7 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ModelFormatError(f"{path}: {WEIGHTS} is missing")
-    if _sha256(weights) != meta["weights_sha256"]:
+    if file_sha256(weights) != meta["weights_sha256"]:
         raise ModelFormatError(
             f"{weights}: content does not match {META} (truncated, damaged or replaced); copy the model again"
         )

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hgad.model_dir import file_sha256
+
 log = logging.getLogger(__name__)
 
 
@@ -38,14 +40,6 @@ class EngineKey:
 
     def filename(self) -> str:
         return f"hgad-{self.model_id}-{self.precision}-b{self.batch}-{self.image_size}-{self.digest()}.ep"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class EngineCache:
@@ -73,7 +67,7 @@ class EngineCache:
             meta = json.loads(side.read_text())
             if meta.get("key") != asdict(key):
                 raise ValueError("its key differs")
-            if meta.get("sha256") != _sha256(path):
+            if meta.get("sha256") != file_sha256(path):
                 raise ValueError("its content does not match the recorded digest (truncated or corrupt)")
             return loader(path)
         except Exception as exc:  # a bad cache entry is rebuilt, never fatal
@@ -88,7 +82,7 @@ class EngineCache:
         # The temporary name keeps the extension: savers pick the file format from it.
         tmp = path.with_name(path.stem + ".tmp" + path.suffix)
         saver(tmp)
-        digest = _sha256(tmp)
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
         side_tmp = self._sidecar(key).with_suffix(".json.tmp")
         side_tmp.write_text(json.dumps({"key": asdict(key), "sha256": digest}, indent=2))
