@@ -19,7 +19,7 @@ from hgad.runtime.backend import Backend
 from hgad.runtime.preprocess import to_batch
 
 from .profile import MODES, Profile, build_profile
-from .threshold import MIN_IMAGES, choose_threshold
+from .threshold import MIN_IMAGES, check_feasible, choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,7 @@ def calibrate_folder(
     paths = [s.path for s in load_folder(images)]
     if len(paths) < MIN_IMAGES:
         raise DataError(f"{images}: {len(paths)} images are too few to calibrate; use at least {MIN_IMAGES}")
+    check_feasible(len(paths), far, confidence)
     frames, shape, images_hash = read_checked(paths)
     scored = score_frames(backend, frames, class_line, [p.name for p in paths], progress=progress)
     profile = profile_from_scores(
@@ -193,7 +194,7 @@ class LiveCalibration:
     ):
         if n < MIN_IMAGES:
             raise BadInputError(f"calibrate: {n} frames are too few; use at least {MIN_IMAGES}")
-        choose_threshold(np.arange(n, dtype=np.float64), far, confidence)  # refuse an impossible target now
+        check_feasible(n, far, confidence)  # refuse an impossible target now, not after N frames
         self.loaded, self.line, self.n, self.far, self.mode = loaded, line, n, far, mode
         self.source, self.confidence, self.pixel_far = source, confidence, pixel_far
         self.scores: list[float] = []

@@ -85,35 +85,42 @@ def gpd_threshold(scores: np.ndarray, far: float) -> tuple[float, dict]:
     return t, {"u": float(u), "xi": float(xi), "sigma": float(sigma), "exceedances": n_u}
 
 
-def choose_threshold(scores: np.ndarray, far: float, confidence: float | None = None) -> Threshold:
-    s = np.sort(np.asarray(scores, dtype=np.float64))
-    n = s.size
+def check_feasible(n: int, far: float, confidence: float | None = None) -> None:
+    """Whether n normal scores can give a threshold for `far`: checked before any image is scored, so
+    a request that cannot work fails at once rather than after minutes of scoring."""
     if not 0.0 < far < 1.0:
         raise BadInputError(f"--far: {far} is not a rate; use a value between 0 and 1, e.g. 0.01")
     if confidence is not None and not 0.5 <= confidence < 1.0:
         raise BadInputError(f"--confidence: {confidence} must be in [0.5, 1), e.g. 0.9")
     if n < MIN_IMAGES:
         raise BadInputError(f"calibration: {n} normal images are too few; use at least {MIN_IMAGES}")
-    if not np.all(np.isfinite(s)):
-        raise BadInputError("calibration: the model gave non-finite scores; the images or model are broken")
     if confidence is not None:
-        k = pac_index(n, far, confidence)
-        if k is None:
+        if pac_index(n, far, confidence) is None:
             need = math.ceil(math.log(1.0 - confidence) / math.log(1.0 - far))
             raise BadInputError(
                 f"--far {far} with --confidence {confidence} needs at least {need} normal images (got {n}); "
                 f"add images, raise --far or drop --confidence"
             )
-        return Threshold(float(s[k - 1]), "conformal-pac", far, n, k, far_upper_bound(n, k), confidence)
-    k = conformal_index(n, far)
-    if k <= n:
-        return Threshold(float(s[k - 1]), "conformal", far, n, k, far_upper_bound(n, k))
-    if n < MIN_TAIL_IMAGES:
+    elif conformal_index(n, far) > n and n < MIN_TAIL_IMAGES:
         need = math.ceil(1.0 / far) - 1
         raise BadInputError(
             f"--far {far} is below 1/(n+1) for n={n}: the order statistic needs at least {need} normal images, "
             f"a tail model at least {MIN_TAIL_IMAGES}; add images or raise --far"
         )
+
+
+def choose_threshold(scores: np.ndarray, far: float, confidence: float | None = None) -> Threshold:
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    n = s.size
+    check_feasible(n, far, confidence)
+    if not np.all(np.isfinite(s)):
+        raise BadInputError("calibration: the model gave non-finite scores; the images or model are broken")
+    if confidence is not None:
+        k = pac_index(n, far, confidence)
+        return Threshold(float(s[k - 1]), "conformal-pac", far, n, k, far_upper_bound(n, k), confidence)
+    k = conformal_index(n, far)
+    if k <= n:
+        return Threshold(float(s[k - 1]), "conformal", far, n, k, far_upper_bound(n, k))
     t, tail = gpd_threshold(s, far)
     return Threshold(t, "gpd-tail", far, n, tail=tail)
 

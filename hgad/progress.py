@@ -31,7 +31,8 @@ def _lines(
     iterable: Iterable[T], *, total: int | None, desc: str, every_s: float = 30.0, min_s: float = 10.0
 ) -> Iterator[T]:
     """Off a terminal (journald, CI, a pipe) a redrawn bar is noise: a line per tenth of the work at most
-    every `min_s` seconds, one at least every `every_s`, and one when the work is done."""
+    every `min_s` seconds, one at least every `every_s`, and one when work that took `min_s` or more
+    is done; work shorter than that prints nothing."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     start = last = time.monotonic()
@@ -41,7 +42,8 @@ def _lines(
         yield item
         now = time.monotonic()
         tenth_reached = bool(total) and done * 10 >= next_tenth * total and now - last >= min_s
-        if tenth_reached or done == total or now - last >= every_s:
+        finished = done == total and now - start >= min_s  # short work stays quiet
+        if tenth_reached or finished or now - last >= every_s:
             if total:
                 next_tenth = done * 10 // total + 1
             of = f"/{total} ({100 * done // total}%)" if total else ""
