@@ -12,6 +12,8 @@ import json
 import math
 from dataclasses import dataclass
 
+from calibration.threshold import MIN_IMAGES
+
 MAX_BYTES = 4096
 MAX_FRAMES = 5000
 
@@ -93,8 +95,8 @@ def parse_calibrate_set(camera: str, payload: bytes, default_frames: int, defaul
     if unknown:
         raise CommandError(f"unknown key(s) {', '.join(unknown)}; expected frames, far, line")
     frames = data.get("frames", default_frames)
-    if not isinstance(frames, int) or isinstance(frames, bool) or not 20 <= frames <= MAX_FRAMES:
-        raise CommandError(f"frames: {frames!r} must be a whole number between 20 and {MAX_FRAMES}")
+    if not isinstance(frames, int) or isinstance(frames, bool) or not MIN_IMAGES <= frames <= MAX_FRAMES:
+        raise CommandError(f"frames: {frames!r} must be a whole number between {MIN_IMAGES} and {MAX_FRAMES}")
     far = data.get("far", default_far)
     if isinstance(far, bool) or not isinstance(far, (int, float)) or not math.isfinite(far) or not 0 < far < 1:
         raise CommandError(f"far: {far!r} must be a rate between 0 and 1")

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from calibration.threshold import MIN_IMAGES
 from hgad.errors import BadInputError
 
 
@@ -316,8 +317,8 @@ def _check(cfg: AgentConfig, source: str, base: Path) -> None:
     c = cfg.calibration
     if not 0 < c.far < 1:
         bad("calibration.far", f"{c.far} is not a rate between 0 and 1")
-    if c.live_frames < 20:
-        bad("calibration.live_frames", f"{c.live_frames} is too few; use at least 20")
+    if c.live_frames < MIN_IMAGES:
+        bad("calibration.live_frames", f"{c.live_frames} is too few; use at least {MIN_IMAGES}")
     if c.drift_window < 20:
         bad("calibration.drift_window", f"{c.drift_window} is too small; use at least 20")
     h = cfg.health

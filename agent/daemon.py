@@ -45,6 +45,11 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _line_ok(profile: Profile) -> dict:
+    """The `line/state` of a camera judging with `profile`."""
+    return {"ok": True, "line": profile.line, "calibration_id": profile.calibration_id, "ts": _now_iso()}
+
+
 @dataclass
 class RunResult:
     exit_code: int
@@ -108,7 +113,7 @@ class Agent:
         self.writer = Writer(self.store)
         self.link = MQTTLink(cfg, self.store, self.writer, self._on_command, self._retained_state, self._on_acked)
         self.pipeline = Pipeline(
-            self.backend, self.runtimes, cfg.batch, self._on_alert, self._on_calibrated, self._publish_calibrate_state
+            self.backend, self.runtimes, cfg.batch, self._emit, self._on_calibrated, self._publish_calibrate_state
         )
         if cfg.health.prometheus_port:
             try:
@@ -122,7 +127,7 @@ class Agent:
         rt = CameraRuntime(
             camera, profile, Hysteresis(self.cfg.decision), DriftMonitor(profile, self.cfg.calibration.drift_window)
         )
-        rt.line_state = {"ok": True, "line": profile.line, "calibration_id": profile.calibration_id, "ts": _now_iso()}
+        rt.line_state = _line_ok(profile)
         return rt
 
     def rt(self, camera: str) -> CameraRuntime | None:
@@ -156,9 +161,6 @@ class Agent:
                 }
             },
         )
-
-    def _on_alert(self, rt: CameraRuntime, ev: AlertEvent, now: float) -> None:
-        self._emit(rt, ev, now)
 
     def _close_alert(self, rt: CameraRuntime, reason: str) -> None:
         ev = rt.hysteresis.close(reason)
@@ -214,7 +216,7 @@ class Agent:
         rt.hysteresis = Hysteresis(self.cfg.decision)
         rt.drift = DriftMonitor(profile, self.cfg.calibration.drift_window)
         rt.drift_status = None
-        rt.line_state = {"ok": True, "line": profile.line, "calibration_id": profile.calibration_id, "ts": _now_iso()}
+        rt.line_state = _line_ok(profile)
         self.writer.submit(lambda: self.store.set_line(rt.name, profile.line))
         self._publish_line_state(rt)
         self._publish_state(rt)

@@ -192,8 +192,6 @@ class LiveCalibration:
         confidence: float | None = None,
         pixel_far: float = DEFAULT_PIXEL_FAR,
     ):
-        if n < MIN_IMAGES:
-            raise BadInputError(f"calibrate: {n} frames are too few; use at least {MIN_IMAGES}")
         check_feasible(n, far, confidence)  # refuse an impossible target now, not after N frames
         self.loaded, self.line, self.n, self.far, self.mode = loaded, line, n, far, mode
         self.source, self.confidence, self.pixel_far = source, confidence, pixel_far

@@ -37,7 +37,6 @@ def _lines(
         total = len(iterable)  # type: ignore[arg-type]
     start = last = time.monotonic()
     next_tenth = 1
-    done = 0
     for done, item in enumerate(iterable, 1):
         yield item
         now = time.monotonic()
