@@ -233,18 +233,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.model is None and not a.demo:
         raise BadInputError("bench: give --model MODEL_DIR, or --demo for the demo's model")
     if a.demo:
-        from .demo import DemoSpec, prepare_model
+        from .demo import DemoSpec, agent_bench, prepare_model
 
-        loaded = prepare_model(DemoSpec(out=Path("demo-out")))
+        spec = DemoSpec(out=Path("demo-out"))
+        loaded = prepare_model(spec)
     else:
         loaded = load_model(a.model)
     backend, reason = open_backend(loaded, a.backend, a.device, a.precision, a.batch, a.cache or default_engine_cache())
     result = run_bench(backend, a.batch, a.iters)
     result["backend_choice"] = reason
     if a.demo:
-        from .demo import DemoSpec, agent_bench
-
-        result["agent"] = agent_bench(DemoSpec(out=Path("demo-out")), loaded, result["batches"]["1"]["fps"])
+        result["agent"] = agent_bench(spec, loaded, result["batches"]["1"]["fps"])
     for b, r in result["batches"].items():
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
         print(f"batch {b}: {r['fps']:.1f} frames/s, {r['ms_per_frame']:.1f} ms/frame ({stages} ms per batch)")
