@@ -92,10 +92,11 @@ def cmd_train(a: argparse.Namespace) -> int:
     classes = select_classes(a.data, a.classes)
     kwargs = {"name": a.backbone, "weights": str(a.weights) if a.weights else None}
     train_kwargs = {"seed": a.seed} | ({"epochs": a.epochs} if a.epochs else {})
+    size = {"image_size": a.image_size} if a.image_size else {}
     try:
         cfg = ModelConfig(
             classes=tuple(classes),
-            image_size=a.image_size,
+            **size,
             backbone=BackboneConfig(**kwargs),
             prior=PriorConfig(kind=a.prior),
             train=TrainConfig(**train_kwargs),
@@ -297,7 +298,7 @@ def build_parser() -> Parser:
     t.add_argument("--epochs", type=_positive, help="training epochs (default: the model's default)")
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
-    t.add_argument("--image-size", type=_positive, default=256)
+    t.add_argument("--image-size", type=_positive, help="model input in pixels (default 512; images are resized)")
     t.add_argument("--prior", choices=("hgad", "single"), default="hgad")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .config import ModelConfig
+from .features import FeatureLevels
 from .flow import Flow, positional_encoding_2d
 from .prior import MASKED, build_prior
 from .scoring import GaussianBlur, anomaly_from_levels, image_score
@@ -21,8 +22,9 @@ class HGAD(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, pretrained=pretrained_backbone)
-        self.channels = self.backbone.channels
-        self.feature_sizes = [cfg.image_size // s for s in self.backbone.strides]
+        self.levels = FeatureLevels(cfg.backbone, self.backbone.channels, self.backbone.strides)
+        self.channels = self.levels.channels
+        self.feature_sizes = [cfg.image_size // s for s in self.levels.strides]
         seed = cfg.train.seed
         self.flows = nn.ModuleList(Flow(c, cfg.flow, seed=1000 * seed + 2 * i) for i, c in enumerate(self.channels))
         self.priors = nn.ModuleList(
@@ -71,7 +73,7 @@ class HGAD(nn.Module):
         return x * self.in_scale + self.in_shift
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.backbone(x)
+        return self.levels(self.backbone(x), self.cfg.image_size)
 
     def forward_levels(
         self, features: list[torch.Tensor], class_bias: torch.Tensor
