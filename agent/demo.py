@@ -29,7 +29,7 @@ import yaml
 from calibration.calibrate import calibrate_folder
 from calibration.db import open_database
 from calibration.store import ProfileStore
-from hgad.config import ModelConfig, TrainConfig
+from hgad.config import DEFAULT_IMAGE_SIZE, ModelConfig, TrainConfig
 from hgad.data import synth
 from hgad.data.datasets import load_split
 from hgad.errors import HgadError
@@ -53,7 +53,9 @@ class DemoSpec:
     lines: int = 3
     train_images: int = 100
     epochs: int = 14
+    # Side of the rendered parts; the camera shows them at CAMERA_PX and the model reads its own default size.
     size: int = 256
+    model_size: int = DEFAULT_IMAGE_SIZE
     calibration_images: int = 100
     far: float = 0.02
     seed: int = 0
@@ -95,6 +97,7 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         "train_images": spec.train_images,
         "epochs": spec.epochs,
         "size": spec.size,
+        "model_size": spec.model_size,
         "seed": spec.seed,
     }
     if (model_dir / "model.json").is_file():
@@ -116,7 +119,9 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         f"[2/6] training one unified HGAD model for {', '.join(names)} ({spec.epochs} epochs on "
         f"{spec.lines * spec.train_images} images; progress below)"
     )
-    cfg = ModelConfig(classes=tuple(names), image_size=spec.size, train=TrainConfig(epochs=spec.epochs, seed=spec.seed))
+    cfg = ModelConfig(
+        classes=tuple(names), image_size=spec.model_size, train=TrainConfig(epochs=spec.epochs, seed=spec.seed)
+    )
     t0 = time.perf_counter()
     model, report = train(cfg, load_split(data, "train", names), "cpu", progress=bar)
     info = report.to_dict() | {"demo": wanted}
