@@ -100,7 +100,8 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         "train_images": spec.train_images,
         "epochs": spec.epochs,
         "size": spec.size,
-        "features": "separate",
+        "pool": DEMO_BACKBONE.pool,
+        "fuse_stride": DEMO_BACKBONE.fuse_stride,
         "seed": spec.seed,
     }
     if (model_dir / "model.json").is_file():

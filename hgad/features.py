@@ -18,10 +18,12 @@ from .config import BackboneConfig
 
 
 class FeatureLevels(nn.Module):
-    def __init__(self, cfg: BackboneConfig, channels: list[int], strides: list[int]):
+    def __init__(self, cfg: BackboneConfig, channels: list[int], strides: list[int], image_size: int):
         super().__init__()
         self.pool = cfg.pool
         self.fuse_stride = cfg.fuse_stride
+        # Side of the fused grid; 0 without fusion.
+        self.side = image_size // cfg.fuse_stride if cfg.fuse_stride else 0
         if self.fuse_stride:
             self.channels = [sum(channels)]
             self.strides = [self.fuse_stride]
@@ -29,14 +31,14 @@ class FeatureLevels(nn.Module):
             self.channels = list(channels)
             self.strides = list(strides)
 
-    def forward(self, stages: list[torch.Tensor], image_size: int) -> list[torch.Tensor]:
+    def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.pool > 1:
             stages = [
                 F.avg_pool2d(f, self.pool, stride=1, padding=self.pool // 2, count_include_pad=False) for f in stages
             ]
         if not self.fuse_stride:
             return stages
-        side = image_size // self.fuse_stride
+        side = self.side
         grid = [
             f if f.shape[-1] == side else F.interpolate(f, size=(side, side), mode="bilinear", align_corners=False)
             for f in stages

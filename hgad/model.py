@@ -22,7 +22,7 @@ class HGAD(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = Backbone(cfg.backbone, pretrained=pretrained_backbone)
-        self.levels = FeatureLevels(cfg.backbone, self.backbone.channels, self.backbone.strides)
+        self.levels = FeatureLevels(cfg.backbone, self.backbone.channels, self.backbone.strides, cfg.image_size)
         self.channels = self.levels.channels
         self.feature_sizes = [cfg.image_size // s for s in self.levels.strides]
         seed = cfg.train.seed
@@ -73,7 +73,7 @@ class HGAD(nn.Module):
         return x * self.in_scale + self.in_shift
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.levels(self.backbone(x), self.cfg.image_size)
+        return self.levels(self.backbone(x))
 
     def forward_levels(
         self, features: list[torch.Tensor], class_bias: torch.Tensor

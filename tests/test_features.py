@@ -19,8 +19,8 @@ def _stages(size: int = 128) -> list[torch.Tensor]:
 
 
 def test_fused_level_concatenates_stages_on_the_configured_grid():
-    levels = FeatureLevels(BackboneConfig(pool=3, fuse_stride=16), [40, 112], [8, 16])
-    (fused,) = levels(_stages(), 128)
+    levels = FeatureLevels(BackboneConfig(pool=3, fuse_stride=16), [40, 112], [8, 16], 128)
+    (fused,) = levels(_stages())
     assert levels.channels == [152] and levels.strides == [16]
     assert fused.shape == (2, 152, 8, 8)
     # The stride-16 stage is on the target grid already: its channels are only averaged, not resampled.
@@ -29,20 +29,20 @@ def test_fused_level_concatenates_stages_on_the_configured_grid():
 
 
 def test_separate_levels_without_fusion_or_averaging_pass_through():
-    levels = FeatureLevels(BackboneConfig(pool=1, fuse_stride=0), [40, 112], [8, 16])
+    levels = FeatureLevels(BackboneConfig(pool=1, fuse_stride=0), [40, 112], [8, 16], 128)
     stages = _stages()
-    out = levels(stages, 128)
+    out = levels(stages)
     assert levels.channels == [40, 112] and levels.strides == [8, 16]
     assert all(torch.equal(a, b) for a, b in zip(out, stages, strict=True))
 
 
 def test_averaging_stays_local():
     """A change at one position moves only its 3 x 3 neighbourhood: a small defect stays where it is."""
-    levels = FeatureLevels(BackboneConfig(pool=3, fuse_stride=0), [40, 112], [8, 16])
+    levels = FeatureLevels(BackboneConfig(pool=3, fuse_stride=0), [40, 112], [8, 16], 128)
     stages = _stages()
     bumped = [s.clone() for s in stages]
     bumped[0][0, :, 5, 5] += 10.0
-    diff = (levels(bumped, 128)[0] - levels(stages, 128)[0]).abs().sum(dim=1)[0]
+    diff = (levels(bumped)[0] - levels(stages)[0]).abs().sum(dim=1)[0]
     assert diff[4:7, 4:7].min() > 0
     diff[4:7, 4:7] = 0
     assert diff.max() == 0
