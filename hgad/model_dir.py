@@ -128,7 +128,9 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
             f"{weights}: content does not match {META} (truncated, damaged or replaced); copy the model again"
         )
     cfg = ModelConfig.from_dict(meta["config"], source=str(path / META))
-    if _model_id(meta["weights_sha256"], cfg.to_dict(), meta["normalisation"]) != meta["model_id"]:
+    # Hash the configuration as written, not as re-read: keys added since (with defaults that keep old
+    # models as they were built) must not make an older model look edited.
+    if _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"]) != meta["model_id"]:
         raise ModelFormatError(f"{path / META}: model_id does not match the content (the file was edited)")
     try:
         state = load_file(str(weights))

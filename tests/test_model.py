@@ -13,7 +13,7 @@ from hgad.config import ModelConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.data.images import read_image
 from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
-from hgad.model_dir import load_model
+from hgad.model_dir import _model_id, load_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
 from hgad.train import class_balanced_draws, fit_flows, train
@@ -170,3 +170,15 @@ def test_training_refuses_an_unknown_line(tiny_data):
     cfg = ModelConfig(classes=("fabric",), image_size=SIZE)
     with pytest.raises(DataError, match="unknown classes"):
         train(cfg, load_split(tiny_data, "train", ["pcb"])[:2])
+
+
+def test_model_saved_before_a_newer_config_key_still_loads(tiny_model_dir, tmp_path):
+    """A model written by an older hgad-edge lacks keys added since; its id was computed without them."""
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    del meta["config"]["score"]["top_fraction"]
+    meta["model_id"] = _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"])
+    (d / "model.json").write_text(json.dumps(meta))
+    loaded = load_model(d)
+    assert loaded.model_id == meta["model_id"]
+    assert loaded.model.cfg.score.image_score == "max"
