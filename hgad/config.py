@@ -10,7 +10,7 @@ from .errors import ModelFormatError
 
 PRIORS = ("hgad", "single")
 COMBINES = ("product", "likelihood")
-IMAGE_SCORES = ("max", "topk")
+IMAGE_SCORES = ("max", "topk", "top_fraction")
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,11 @@ class ScoreConfig:
     combine: str = "product"
     # Gaussian smoothing of the final map, in pixels at 256 px input (scaled with the input size).
     sigma: float = 4.0
+    # "max": the map's highest pixel; "topk": mean of the `topk` highest; "top_fraction": mean of the
+    # highest `top_fraction` of the map's pixels.
     image_score: str = "max"
     topk: int = 10
+    top_fraction: float = 0.015
     # Quantile of normal training log-likelihoods used as each level's frozen reference.
     ref_quantile: float = 0.999
 
@@ -172,6 +175,10 @@ def validate(cfg: ModelConfig) -> None:
         bad(f"score.combine: {cfg.score.combine!r} is not one of {', '.join(COMBINES)}")
     if cfg.score.image_score not in IMAGE_SCORES:
         bad(f"score.image_score: {cfg.score.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
+    if cfg.score.topk < 1:
+        bad(f"score.topk: {cfg.score.topk} must be >= 1")
+    if not 0.0 < cfg.score.top_fraction <= 1.0:
+        bad(f"score.top_fraction: {cfg.score.top_fraction} must be in (0, 1]")
     if not 0.5 < cfg.score.ref_quantile <= 1.0:
         bad(f"score.ref_quantile: {cfg.score.ref_quantile} must be in (0.5, 1]")
     if cfg.train.epochs < 1:

@@ -99,7 +99,7 @@ class HGAD(nn.Module):
 
     def forward_head(self, features: list[torch.Tensor], class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         amap = self.forward_maps(*self.forward_levels(features, class_bias))
-        return amap, image_score(amap, self.cfg.score.image_score, self.cfg.score.topk)
+        return amap, image_score(amap, self.cfg.score)
 
     def forward(self, frames: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 BGR frames [B, S, S, 3] and a mixture selector [B, K] -> anomaly maps [B, S, S], scores [B]."""

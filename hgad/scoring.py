@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ScoreConfig
+
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
     radius = max(1, math.ceil(4.0 * sigma))
@@ -54,8 +56,19 @@ def anomaly_from_levels(level_maps: list[torch.Tensor], references: torch.Tensor
     return float(len(level_maps)) - total
 
 
-def image_score(amap: torch.Tensor, mode: str, topk: int) -> torch.Tensor:
+def top_count(cfg: ScoreConfig, pixels: int) -> int:
+    """How many of the map's highest pixels the image score averages (1 for the maximum)."""
+    if cfg.image_score == "topk":
+        return max(1, min(cfg.topk, pixels))
+    if cfg.image_score == "top_fraction":
+        # A fraction of the map, so the score means the same at every input size.
+        return max(1, min(round(cfg.top_fraction * pixels), pixels))
+    return 1
+
+
+def image_score(amap: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
     flat = amap.flatten(1)
-    if mode == "topk":
-        return flat.topk(min(topk, flat.shape[1]), dim=1).values.mean(dim=1)
-    return flat.amax(dim=1)
+    k = top_count(cfg, flat.shape[1])
+    if k == 1:
+        return flat.amax(dim=1)
+    return flat.topk(k, dim=1).values.mean(dim=1)

@@ -91,7 +91,7 @@ class TorchBackend(Backend):
             self._sync()
             t3 = time.perf_counter()
             amap = m.forward_maps(lls, ents)
-            score = image_score(amap, m.cfg.score.image_score, m.cfg.score.topk)
+            score = image_score(amap, m.cfg.score)
             maps, scores = amap.float().cpu().numpy(), score.float().cpu().numpy()
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "flow": t3 - t2, "postprocess": t4 - t3}
