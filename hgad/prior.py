@@ -42,9 +42,13 @@ def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def orthogonal_centres(n_classes: int, channels: int, distance: float, generator: torch.Generator):
-    """Main centres at a pairwise distance of `distance`: orthonormal rows scaled by distance / sqrt(2)."""
-    if n_classes <= channels:
+def orthogonal_centres(n_classes: int, channels: int, distance: float, generator: torch.Generator, axes: bool = False):
+    """Main centres at a pairwise distance of `distance`: orthonormal rows scaled by distance / sqrt(2).
+    `axes` puts centre k on latent axis k, so that a diagonal per-class scale can follow the directions
+    that separate the classes."""
+    if axes and n_classes <= channels:
+        rows = torch.eye(n_classes, channels, dtype=torch.float64)
+    elif n_classes <= channels:
         q, _ = torch.linalg.qr(torch.randn(channels, n_classes, generator=generator, dtype=torch.float64))
         rows = q.t()
     else:
@@ -62,7 +66,9 @@ class HierarchicalPrior(nn.Module):
         self.channels = channels
         self.n_centres = cfg.n_centres
         self.scale_clamp = cfg.scale_clamp
-        self.mu = nn.Parameter(orthogonal_centres(n_classes, channels, cfg.init_distance, generator))
+        self.mu = nn.Parameter(
+            orthogonal_centres(n_classes, channels, cfg.init_distance, generator, axes=cfg.centres == "axes")
+        )
         self.psi = nn.Parameter(torch.zeros(n_classes))
         self.delta = nn.Parameter(torch.randn(n_classes, cfg.n_centres - 1, channels, generator=generator))
         self.phi = nn.Parameter(torch.zeros(n_classes, cfg.n_centres))
@@ -96,11 +102,20 @@ class HierarchicalPrior(nn.Module):
         log_w = F.log_softmax(self.phi, dim=-1)
         return torch.logsumexp(log_w - 0.5 * d, dim=-1) + log_norm
 
+    def _main_logits(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; mu_k, Sigma_k) without the 2*pi constant, per class: [..., K]."""
+        s = self._scales()
+        if s is None:
+            return -0.5 * squared_distances(z, self.mu)
+        inv_var = torch.exp(-2.0 * s)  # [K, C]
+        d = (z * z) @ inv_var.t() - 2.0 * (z @ (self.mu * inv_var).t()) + (self.mu * self.mu * inv_var).sum(-1)
+        return -0.5 * d.clamp_min(0.0) - s.sum(dim=-1)
+
     def losses(
         self, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, intra: bool
     ) -> LevelLosses:
         c = self.channels
-        logits = -0.5 * squared_distances(z, self.mu)  # [N, K]
+        logits = self._main_logits(z)  # [N, K]
         log_pi = F.log_softmax(self.psi, dim=0)
         l_g = -(torch.logsumexp(logits + log_pi, dim=-1) + logdet).mean() / c
         l_mi = F.cross_entropy(logits + log_pi.detach(), y, label_smoothing=cfg.label_smoothing)
@@ -125,7 +140,7 @@ class HierarchicalPrior(nn.Module):
         log_pi = F.log_softmax(self.psi, dim=0)
         joint = log_pi + self._intra_log_density(z) + class_bias
         ll = (torch.logsumexp(joint, dim=-1) + logdet) / self.channels - LOG_2PI_HALF
-        entropy = entropy_of_logits(-0.5 * squared_distances(z, self.mu))
+        entropy = entropy_of_logits(self._main_logits(z))
         return ll, entropy
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
-from hgad.config import FlowConfig, PriorConfig, TrainConfig
+from hgad.config import FlowConfig, ModelConfig, PriorConfig, TrainConfig
+from hgad.errors import ModelFormatError
 from hgad.flow import Flow, positional_encoding_2d, random_orthogonal
 from hgad.prior import MASKED, HierarchicalPrior, SinglePrior, orthogonal_centres
 
@@ -70,6 +72,37 @@ def test_main_centres_are_orthogonal_at_the_configured_distance():
     assert torch.allclose(off, torch.full_like(off, 5.0), atol=1e-4)
 
 
+def test_axis_centres_lie_on_the_first_axes_at_the_configured_distance():
+    mu = orthogonal_centres(4, 10, 5.0, torch.Generator().manual_seed(0), axes=True)
+    assert torch.count_nonzero(mu[:, 4:]) == 0
+    assert torch.allclose(mu[:, :4], torch.eye(4) * 5.0 / math.sqrt(2.0))
+    d = torch.cdist(mu, mu)[~torch.eye(4, dtype=bool)]
+    assert torch.allclose(d, torch.full_like(d, 5.0), atol=1e-4)
+
+
+def test_learned_scale_enters_every_term_as_a_diagonal_gaussian():
+    """With learn_scale, L_g, the entropy and the score all use N(mu_k, diag(exp(2 s_k)))."""
+    cfg = PriorConfig(n_centres=1, learn_scale=True, centres="axes")
+    prior = HierarchicalPrior(3, 6, cfg, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        prior.log_scale.copy_(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)) * 0.5)
+        prior.psi.copy_(torch.tensor([0.2, -0.1, 0.4]))
+    z, logdet, y = torch.randn(20, 6), torch.randn(20), torch.randint(0, 3, (20,))
+    s = prior.log_scale.detach()
+    direct = torch.stack(
+        [(-0.5 * ((z - prior.mu.detach()[k]) / s[k].exp()) ** 2 - s[k]).sum(-1) for k in range(3)], dim=-1
+    )
+    log_pi = torch.log_softmax(prior.psi.detach(), 0)
+    expected_lg = -(torch.logsumexp(direct + log_pi, -1) + logdet).mean() / 6
+    out = prior.losses(z, logdet, y, TrainConfig(), intra=False)
+    assert torch.allclose(out.parts["L_g"], expected_lg, atol=1e-4)
+    ll, ent = prior.score(z, logdet, torch.zeros(20, 3))
+    expected_ll = (torch.logsumexp(direct + log_pi, -1) + logdet) / 6 - 0.5 * math.log(2 * math.pi)
+    assert torch.allclose(ll, expected_ll, atol=1e-4)
+    p = torch.softmax(direct, -1)
+    assert torch.allclose(ent, -(p * p.log()).sum(-1), atol=1e-4)
+
+
 def test_intra_class_centres_detach_the_main_centre():
     prior = HierarchicalPrior(3, 8, PriorConfig(n_centres=4), torch.Generator().manual_seed(0))
     z = torch.randn(64, 8, requires_grad=True)
@@ -113,3 +146,17 @@ def test_single_prior_is_the_standard_normal():
     ll, ent = prior.score(z, torch.zeros(3), torch.zeros(3, 2))
     assert torch.allclose(ll, torch.full((3,), -0.5 * math.log(2 * math.pi)))
     assert torch.count_nonzero(ent) == 0
+
+
+def test_unknown_centre_layout_is_one_clear_error():
+    data = ModelConfig(classes=("a", "b")).to_dict()
+    data["prior"]["centres"] = "grid"
+    with pytest.raises(ModelFormatError, match=re.escape("prior.centres: 'grid' is not one of random, axes")):
+        ModelConfig.from_dict(data)
+
+
+def test_model_json_without_centre_layout_loads():
+    # The layout only decides how centres start; a model saved before the key existed keeps its trained centres.
+    data = ModelConfig(classes=("a", "b")).to_dict()
+    del data["prior"]["centres"]
+    assert ModelConfig.from_dict(data).prior.centres == PriorConfig().centres
