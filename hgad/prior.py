@@ -84,32 +84,28 @@ class HierarchicalPrior(nn.Module):
             return None
         return self.log_scale.clamp(-self.scale_clamp, self.scale_clamp)
 
-    def _intra_log_density(self, z: torch.Tensor) -> torch.Tensor:
-        """log sum_m w_km N(z; nu_km, Sigma_k) without the 2*pi constant: [..., K]."""
-        centres = self.centres()
+    def _log_densities(self, z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+        """log N(z; c_km, Sigma_k) without the 2*pi constant, for centres [K, M, C]: [..., K, M].
+        Sigma_k is the identity, or diag(exp(2 s_k)) with a learned scale."""
         k, m, c = centres.shape
         s = self._scales()
         if s is None:
-            d = squared_distances(z, centres.reshape(k * m, c)).reshape(*z.shape[:-1], k, m)
-            log_norm = z.new_zeros(k)
-        else:
-            inv_var = torch.exp(-2.0 * s)  # [K, C]
-            zz = (z * z) @ inv_var.t()  # [..., K]
-            cross = z @ (centres * inv_var[:, None, :]).reshape(k * m, c).t()
-            cc = (centres * centres * inv_var[:, None, :]).sum(-1)  # [K, M]
-            d = (zz[..., :, None] - 2.0 * cross.reshape(*z.shape[:-1], k, m) + cc).clamp_min(0.0)
-            log_norm = -s.sum(dim=-1)
+            return -0.5 * squared_distances(z, centres.reshape(k * m, c)).reshape(*z.shape[:-1], k, m)
+        inv_var = torch.exp(-2.0 * s)  # [K, C]
+        zz = (z * z) @ inv_var.t()  # [..., K]
+        cross = z @ (centres * inv_var[:, None, :]).reshape(k * m, c).t()
+        cc = (centres * centres * inv_var[:, None, :]).sum(-1)  # [K, M]
+        d = (zz[..., :, None] - 2.0 * cross.reshape(*z.shape[:-1], k, m) + cc).clamp_min(0.0)
+        return -0.5 * d - s.sum(dim=-1)[:, None]
+
+    def _intra_log_density(self, z: torch.Tensor) -> torch.Tensor:
+        """log sum_m w_km N(z; nu_km, Sigma_k) without the 2*pi constant: [..., K]."""
         log_w = F.log_softmax(self.phi, dim=-1)
-        return torch.logsumexp(log_w - 0.5 * d, dim=-1) + log_norm
+        return torch.logsumexp(log_w + self._log_densities(z, self.centres()), dim=-1)
 
     def _main_logits(self, z: torch.Tensor) -> torch.Tensor:
         """log N(z; mu_k, Sigma_k) without the 2*pi constant, per class: [..., K]."""
-        s = self._scales()
-        if s is None:
-            return -0.5 * squared_distances(z, self.mu)
-        inv_var = torch.exp(-2.0 * s)  # [K, C]
-        d = (z * z) @ inv_var.t() - 2.0 * (z @ (self.mu * inv_var).t()) + (self.mu * self.mu * inv_var).sum(-1)
-        return -0.5 * d.clamp_min(0.0) - s.sum(dim=-1)
+        return self._log_densities(z, self.mu[:, None, :])[..., 0]
 
     def losses(
         self, z: torch.Tensor, logdet: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, intra: bool
