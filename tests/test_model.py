@@ -184,12 +184,9 @@ def test_model_saved_before_a_newer_config_key_still_loads(tiny_model_dir, tmp_p
     assert loaded.model.cfg.score.image_score == "max"
 
 
-def test_learned_scales_train_and_are_saved(tiny_model, tiny_model_dir):
-    # The default prior learns a per-class scale (AltUB); it must move away from its start (0) and
-    # come back from the model directory unchanged.
+def test_learned_scales_train_and_are_saved(tiny_model):
+    # The default prior learns a per-class scale (AltUB). `tiny_model` is read back from its model
+    # directory, so scales away from their start (0) were both trained and saved.
     scales = [p.log_scale for p in tiny_model.model.priors]
     assert all(s is not None for s in scales)
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
-    again = load_model(tiny_model_dir).model
-    for a, b in zip(scales, (p.log_scale for p in again.priors), strict=True):
-        assert torch.equal(a.detach(), b.detach())
