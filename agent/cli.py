@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hgad.config import DEFAULT_IMAGE_SIZE
 from hgad.errors import BadInputError, HgadError
 
 log = logging.getLogger("agent.cli")
@@ -298,7 +299,9 @@ def build_parser() -> Parser:
     t.add_argument("--epochs", type=_positive, help="training epochs (default: the model's default)")
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
-    t.add_argument("--image-size", type=_positive, help="model input in pixels (default 512; images are resized)")
+    t.add_argument(
+        "--image-size", type=_positive, help=f"model input in pixels (default {DEFAULT_IMAGE_SIZE}; images are resized)"
+    )
     t.add_argument("--prior", choices=("hgad", "single"), default="hgad")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     t.add_argument("--seed", type=int, default=0)

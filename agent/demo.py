@@ -46,7 +46,7 @@ EPISODE_KINDS = ("hole", "scratch", "missing")
 SHOWN_INSTEAD = {"pcb": {"hole": "stain"}}
 CAMERA_PX = 512
 # The demo's synthetic lines keep the 256 px, one-flow-per-stage model they were validated with (9/9
-# episodes). The 512 px fused default, better on photographed lines, missed the pcb scratch here and made
+# episodes). The fused default (512 px then), better on photographed lines, missed the pcb scratch here and made
 # the demo 3.7x slower on two cores (docs/results.md).
 DEMO_BACKBONE = BackboneConfig(pool=1, fuse_stride=0)
 # The prior that model was validated with. Session 6's default (centres on the axes, learned scale) gains

@@ -97,13 +97,14 @@ class ScoreConfig:
 
 # Models saved before these keys existed were built this way; a missing key must not change them.
 LEGACY_BACKBONE = {"pool": 1, "fuse_stride": 0}
-DEFAULT_IMAGE_SIZE = 512
+DEFAULT_IMAGE_SIZE = 768
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     classes: tuple[str, ...]
-    # 512 px: with the fused level it beats 256 px by 4-6 points image AUROC on photo12 (docs/results.md).
+    # 768 px: with the fused level, 512 px beats 256 px by 4-6 points image AUROC on photo12, and 768 px adds
+    # 2 more for hgad (single gains nothing), at 2.25x the backbone's cost (docs/results.md).
     image_size: int = DEFAULT_IMAGE_SIZE
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)

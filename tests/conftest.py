@@ -55,7 +55,7 @@ def tiny_model_dir(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model")
     classes = ("fabric", "pcb")
     # The default fused level, on the stride-8 grid: at this small input the default stride-16 grid would be
-    # 8 x 8 cells, too coarse for the rig's defects (at the default 512 px it is 32 x 32).
+    # 8 x 8 cells, too coarse for the rig's defects (at the default 768 px it is 48 x 48).
     cfg = ModelConfig(
         classes=classes, image_size=SIZE, backbone=BackboneConfig(fuse_stride=8), train=TrainConfig(epochs=4, seed=0)
     )
