@@ -15,6 +15,7 @@ from pathlib import Path
 
 from hgad.config import DEFAULT_IMAGE_SIZE
 from hgad.errors import BadInputError, HgadError
+from hgad.memory import keep_freed_memory
 
 log = logging.getLogger("agent.cli")
 
@@ -384,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         setup_logging(args.verbose, args.debug)
+        keep_freed_memory()
         func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import numpy as np
 
 from hgad.data.datasets import load_folder
 from hgad.errors import BadInputError, DataError
+from hgad.memory import frames_per_batch
 from hgad.model_dir import LoadedModel, normalisation_of
 from hgad.progress import Progress, quiet
 from hgad.runtime.backend import Backend
@@ -94,10 +95,11 @@ def score_frames(
     frames: Sequence[np.ndarray],
     line: str | None,
     names: Sequence[str],
-    batch: int = 8,
+    batch: int | None = None,
     progress: Progress = quiet,
     desc: str = "calibrate",
 ) -> Scored:
+    batch = batch or frames_per_batch(backend.image_size)
     scores, maps = [], []
     chunks = range(0, len(frames), batch)
     for i in progress(chunks, total=len(chunks), desc=desc):

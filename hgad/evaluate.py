@@ -11,6 +11,7 @@ import torch
 from .data.datasets import Sample, load_split
 from .data.images import read_mask
 from .errors import DataError
+from .memory import frames_per_batch
 from .metrics import aupro, auroc
 from .model import HGAD
 from .progress import Progress, quiet
@@ -31,11 +32,12 @@ def score_paths(
     paths: list[Path],
     line: str | None,
     device: torch.device,
-    batch: int = 8,
+    batch: int | None = None,
     progress: Progress = quiet,
     desc: str = "scoring",
 ) -> Scored:
     """Anomaly maps and image scores; `line` None is class-agnostic, a class name is class-aware."""
+    batch = batch or frames_per_batch(model.cfg.image_size)
     scores, maps = [], []
     for frames in progress(load_batches(paths, model.cfg.image_size, batch), total=-(-len(paths) // batch), desc=desc):
         x = torch.from_numpy(frames).to(device)

@@ -16,7 +16,7 @@ from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
 from hgad.model_dir import _model_id, load_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
-from hgad.train import class_balanced_draws, fit_flows, train
+from hgad.train import class_balanced_draws, extract_features, fit_flows, train
 
 from .conftest import SIZE
 
@@ -155,6 +155,20 @@ def test_nan_stops_training_with_the_epoch(tiny_model_dir, tiny_model):
     feats[0][0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1.*loss is nan"):
         fit_flows(model, feats, torch.tensor([0, 0, 1, 1]), torch.device("cpu"))
+
+
+def test_feature_cache_does_not_depend_on_the_batch_size(tiny_model, tiny_data):
+    model = tiny_model.model
+    paths = [s.path for s in load_split(tiny_data, "train", ["fabric"])[:5]]
+    one = extract_features(model, paths, torch.device("cpu"), batch=1)
+    # Three frames per batch leaves a ragged last batch of two: every row must still be filled once.
+    three = extract_features(model, paths, torch.device("cpu"), batch=3)
+    for a, b, c, s in zip(one, three, model.channels, model.feature_sizes, strict=True):
+        assert a.shape == b.shape == (5, c, s, s) and a.dtype == torch.float16
+        assert torch.isfinite(a).all()
+        assert torch.allclose(a.float(), b.float(), atol=2e-3, rtol=1e-2)
+        # Different images give different rows (an unfilled or repeated row would not).
+        assert not torch.allclose(a[0].float(), a[4].float(), atol=1e-2)
 
 
 def test_training_is_seeded(tiny_data):
