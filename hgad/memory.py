@@ -49,7 +49,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    # mallopt returns 1 on success; both or neither, so a half-applied setting never goes unnoticed.
+    # mallopt returns 1 on success; True only when both settings took effect.
     ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _INT_MAX))
     log.debug("allocator", extra={"fields": {"keep_freed_memory": ok, "libc": name}})
     return ok
