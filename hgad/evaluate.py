@@ -68,10 +68,17 @@ def evaluate(
     samples = load_split(data, "test", chosen)
     size = model.cfg.image_size
     results = {}
-    for cls in chosen:
+    # The outer line also covers the metrics, which take a while at 768 px (tens of millions of pixels
+    # sorted per line) and would otherwise pass in silence after each line's scoring bar.
+    for cls in progress(chosen, total=len(chosen), desc="eval lines"):
         subset: list[Sample] = [s for s in samples if s.class_name == cls]
         scored = score_paths(
-            model, [s.path for s in subset], cls if class_aware else None, device, progress=progress, desc=f"eval {cls}"
+            model,
+            [s.path for s in subset],
+            cls if class_aware else None,
+            device,
+            progress=progress,
+            desc=f"score {cls}",
         )
         labels = np.array([s.label for s in subset], dtype=bool)
         masks = np.stack([read_mask(s.mask, size) for s in subset])

@@ -204,3 +204,25 @@ def test_learned_scales_train_and_are_saved(tiny_model):
     scales = [p.log_scale for p in tiny_model.model.priors]
     assert all(s is not None for s in scales)
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
+
+
+def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_data):
+    """The metrics after each line's scoring take a while at 768 px; an outer progress over the lines
+    covers them, so a long eval never goes quiet between one line's scoring and the next."""
+    from hgad.evaluate import evaluate
+
+    seen: dict[str, tuple[int | None, int]] = {}
+
+    def recorder(iterable, *, total=None, desc=""):
+        n = 0
+        for item in iterable:
+            n += 1
+            yield item
+        seen[desc] = (total, n)
+
+    result = evaluate(tiny_model.model, tiny_data, progress=recorder)
+    classes = list(tiny_model.model.classes)
+    assert seen["eval lines"] == (len(classes), len(classes))
+    assert all(f"score {c}" in seen for c in classes)
+    assert set(result["classes"]) == set(classes)
+    assert all(0.0 <= result["classes"][c]["image_auroc"] <= 1.0 for c in classes)
