@@ -48,7 +48,7 @@ CAMERA_PX = 512
 # The demo's synthetic lines keep the 256 px, one-flow-per-stage model they were validated with (9/9
 # episodes). The fused default (512 px then), better on photographed lines, missed the pcb scratch here and made
 # the demo 3.7x slower on two cores (docs/results.md).
-DEMO_BACKBONE = BackboneConfig(pool=1, fuse_stride=0)
+DEMO_BACKBONE = BackboneConfig(out_indices=(2, 3), pool=1, fuse_stride=0, standardise=False)
 # The prior that model was validated with. Session 6's default (centres on the axes, learned scale) gains
 # on photographed lines but missed the pcb scratch here (8/9 episodes, docs/results.md).
 DEMO_PRIOR = PriorConfig(centres="random", learn_scale=False)

@@ -22,6 +22,7 @@ from .config import ModelConfig
 from .data.datasets import Sample
 from .data.images import read_image
 from .errors import DataError, TrainingDivergedError
+from .features import fit_standardisation
 from .memory import frames_per_batch
 from .model import HGAD
 from .progress import Progress, quiet
@@ -231,6 +232,7 @@ def train(
     t0 = time.perf_counter()
     features = extract_features(model, [s.path for s in samples], device, progress=progress)
     t1 = time.perf_counter()
+    fit_standardisation(model.levels, features)
     labels = torch.tensor([class_index[s.class_name] for s in samples])
     history = fit_flows(model, features, labels, device, progress=progress)
     fit_references(model, features, device)
