@@ -95,9 +95,12 @@ def fit_standardisation(levels: FeatureLevels, features: list[torch.Tensor], chu
         mean = total / count
         var = (total_sq / count - mean * mean).clamp_min(0.0)
         overall = float((total_sq.sum() / (count * c) - (total.sum() / (count * c)) ** 2) ** 0.5)
-        # A channel that never varies on normal data stays as it is rather than blowing up.
-        std = var.sqrt().clamp_min(1e-6 * max(overall, 1e-12))
-        shift, scale = mean.float(), (overall / std).float()
+        std = var.sqrt()
+        # A channel that never varies on normal data is only shifted: scaling it up would turn rounding
+        # noise into the largest signal of the vector.
+        live = std > 1e-6 * max(overall, 1e-12)
+        shift = mean.float()
+        scale = torch.where(live, overall / std.clamp_min(1e-300), torch.ones_like(std)).float()
         getattr(levels, f"shift{i}").copy_(shift)
         getattr(levels, f"scale{i}").copy_(scale)
         for j in range(0, n, chunk):

@@ -67,10 +67,13 @@ def test_standardisation_is_frozen_from_training_features_and_applied_the_same_a
         3.0 + 10.0 * torch.randn(6, 40, 16, 16, generator=g),
         -1.0 + 0.1 * torch.randn(6, 112, 8, 8, generator=g),
     ]
+    stages[1][:, 5] = 2.0  # a channel that never varies on normal data
     raw = levels(stages)[0].clone()  # identity until fitted
     cache = [raw.clone().half()]
     fit_standardisation(levels, cache)
-    per_channel = cache[0].float().transpose(0, 1).reshape(152, -1)
+    # The constant channel is shifted to zero, not blown up.
+    assert levels.scale0[45] == 1.0 and cache[0][:, 45].abs().max() < 1e-2
+    per_channel = cache[0].float().transpose(0, 1).reshape(152, -1)[torch.arange(152) != 45]
     assert per_channel.mean(dim=1).abs().max() < 0.05 * per_channel.std(dim=1).mean()
     spread = per_channel.std(dim=1)
     assert spread.max() / spread.min() < 1.05  # one common spread instead of a factor of ~100
