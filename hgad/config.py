@@ -20,8 +20,8 @@ class BackboneConfig:
 
     name: str = "tf_efficientnet_lite0"
     # On Lite0 index 1 is stride 4 (24 channels), 2 stride 8 (40), 3 stride 16 (112). The stride-4 stage adds
-    # colour and edge detail the deeper stages average away: +1 point image and +2.7 pixel AUROC on photo12
-    # (docs/results.md, session 9).
+    # the fine detail the deeper stages average away: on photo12 hgad gains 1.6 points image and 3.8 pixel
+    # AUROC, single 4.5 and 5 (with `pool_on_grid` and `standardise`; docs/results.md, session 9).
     out_indices: tuple[int, ...] = (1, 2, 3)
     # A local weights file (safetensors or a plain state dict); None takes the packaged Lite0 weights.
     weights: str | None = None
