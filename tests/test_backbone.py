@@ -69,8 +69,9 @@ def test_backbone_builds_without_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", no_network)
     b = Backbone(BackboneConfig())
     feats = b(torch.zeros(1, 3, 128, 128))
-    assert [f.shape[1] for f in feats] == [40, 112]
-    assert [f.shape[-1] for f in feats] == [16, 8]
+    # The default stages: stride 4, 8 and 16 of Lite0.
+    assert [f.shape[1] for f in feats] == [24, 40, 112]
+    assert [f.shape[-1] for f in feats] == [32, 16, 8]
 
 
 def test_backbone_drops_blocks_it_does_not_use():
