@@ -179,6 +179,9 @@ def validate(cfg: ModelConfig) -> None:
         bad(f"backbone.pool: {cfg.backbone.pool} must be an odd number >= 1 (1 turns averaging off)")
     if cfg.backbone.fuse_stride < 0 or (cfg.backbone.fuse_stride and cfg.image_size % cfg.backbone.fuse_stride):
         bad(f"backbone.fuse_stride: {cfg.backbone.fuse_stride} must be 0 (no fusion) or divide the image size")
+    for key in ("pool_on_grid", "standardise"):
+        if not isinstance(getattr(cfg.backbone, key), bool):
+            bad(f"backbone.{key}: {getattr(cfg.backbone, key)!r} must be true or false")
     if cfg.flow.n_blocks < 1:
         bad(f"flow.n_blocks: {cfg.flow.n_blocks} must be >= 1")
     if cfg.flow.pos_dim % 4 or cfg.flow.pos_dim < 4:

@@ -120,7 +120,12 @@ def test_model_json_without_fusion_keys_loads_as_it_was_built():
 
 @pytest.mark.parametrize(
     ("change", "match"),
-    [({"pool": 2}, "backbone.pool: 2"), ({"fuse_stride": 24}, "backbone.fuse_stride: 24")],
+    [
+        ({"pool": 2}, "backbone.pool: 2"),
+        ({"fuse_stride": 24}, "backbone.fuse_stride: 24"),
+        ({"standardise": "yes"}, "backbone.standardise: 'yes' must be true or false"),
+        ({"pool_on_grid": 1}, "backbone.pool_on_grid: 1 must be true or false"),
+    ],
 )
 def test_bad_fusion_settings_are_one_clear_error(change, match):
     data = ModelConfig(classes=("a",), image_size=256).to_dict()
