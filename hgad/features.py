@@ -52,10 +52,12 @@ class FeatureLevels(nn.Module):
             levels = [self._average(f) for f in stages]
         if not self.standardise:
             return levels
-        return [
-            (f - getattr(self, f"shift{i}")[:, None, None]) * getattr(self, f"scale{i}")[:, None, None]
-            for i, f in enumerate(levels)
-        ]
+        return [self.standardised(i, f) for i, f in enumerate(levels)]
+
+    def standardised(self, level: int, f: torch.Tensor) -> torch.Tensor:
+        """Level `level`'s features [B, C, h, w] shifted and scaled by its frozen constants."""
+        shift, scale = getattr(self, f"shift{level}"), getattr(self, f"scale{level}")
+        return (f - shift[:, None, None]) * scale[:, None, None]
 
     def _average(self, f: torch.Tensor) -> torch.Tensor:
         if self.pool == 1:
@@ -99,10 +101,8 @@ def fit_standardisation(levels: FeatureLevels, features: list[torch.Tensor], chu
         # A channel that never varies on normal data is only shifted: scaling it up would turn rounding
         # noise into the largest signal of the vector.
         live = std > 1e-6 * max(overall, 1e-12)
-        shift = mean.float()
-        scale = torch.where(live, overall / std.clamp_min(1e-300), torch.ones_like(std)).float()
-        getattr(levels, f"shift{i}").copy_(shift)
-        getattr(levels, f"scale{i}").copy_(scale)
+        getattr(levels, f"shift{i}").copy_(mean)
+        getattr(levels, f"scale{i}").copy_(torch.where(live, overall / std.clamp_min(1e-300), torch.ones_like(std)))
         for j in range(0, n, chunk):
-            x = feats[j : j + chunk].float()
-            feats[j : j + chunk] = ((x - shift[:, None, None]) * scale[:, None, None]).to(feats.dtype)
+            x = feats[j : j + chunk]
+            feats[j : j + chunk] = levels.standardised(i, x.to(levels.scale0.device, torch.float32)).to(x.dtype)
