@@ -82,12 +82,18 @@ class HGAD(nn.Module):
         bias = class_bias[:, None, None, :]
         lls, entropies = [], []
         for i, f in enumerate(features):
-            x = f.permute(0, 2, 3, 1)
-            z, logdet = self.flows[i](x, self.positions(i))
-            ll, ent = self.priors[i].score(z, logdet, bias)
+            ll, ent = self.score_level(i, f.permute(0, 2, 3, 1), bias)
             lls.append(ll)
             entropies.append(ent)
         return lls, entropies
+
+    def score_level(self, level: int, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One level's log-likelihood and entropy maps for channel-last features [B, h, w, C]; the one path
+        inference and the training references share."""
+        z, logdet = self.flows[level](x, self.positions(level))
+        if not self.cfg.score.logdet:
+            logdet = torch.zeros_like(logdet)
+        return self.priors[level].score(z, logdet, bias)
 
     def forward_maps(self, lls: list[torch.Tensor], entropies: list[torch.Tensor]) -> torch.Tensor:
         size = self.cfg.image_size

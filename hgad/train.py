@@ -205,8 +205,7 @@ def fit_references(model: HGAD, features: list[torch.Tensor], device: torch.devi
         for i in range(0, feats.shape[0], batch):
             f = feats[i : i + batch].to(device, torch.float32)
             bias = model.class_bias(None, f.shape[0])
-            z, logdet = model.flows[level](f.permute(0, 2, 3, 1), model.positions(level))
-            ll, ent = model.priors[level].score(z, logdet, bias[:, None, None, :])
+            ll, ent = model.score_level(level, f.permute(0, 2, 3, 1), bias[:, None, None, :])
             lls.append(ll.flatten().cpu())
             ents.append(ent.flatten().cpu())
         ll_all = torch.cat(lls).double().numpy()

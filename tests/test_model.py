@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -9,11 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from hgad.config import ModelConfig, TrainConfig
+from hgad.config import BackboneConfig, ModelConfig, PriorConfig, ScoreConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.data.images import read_image
 from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
-from hgad.model_dir import _model_id, load_model
+from hgad.model import HGAD
+from hgad.model_dir import _model_id, load_model, save_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
 from hgad.train import class_balanced_draws, extract_features, fit_flows, train
@@ -198,12 +200,55 @@ def test_model_saved_before_a_newer_config_key_still_loads(tiny_model_dir, tmp_p
     assert loaded.model.cfg.score.image_score == "max"
 
 
-def test_learned_scales_train_and_are_saved(tiny_model):
-    # The default prior learns a per-class scale (AltUB). `tiny_model` is read back from its model
-    # directory, so scales away from their start (0) were both trained and saved.
-    scales = [p.log_scale for p in tiny_model.model.priors]
+def test_model_saved_before_score_logdet_scores_as_it_was_built(tiny_model_dir, tmp_path):
+    """Models from before session 10 scored with the log-determinant; without the key they still do."""
+    d = _copy(tiny_model_dir, tmp_path / "m")
+    meta = json.loads((d / "model.json").read_text())
+    del meta["config"]["score"]["logdet"]
+    meta["model_id"] = _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"])
+    (d / "model.json").write_text(json.dumps(meta))
+    assert load_model(d).model.cfg.score.logdet is True
+
+
+def test_learned_scales_train_and_are_saved(tiny_data, tmp_path):
+    # The AltUB scale is an option (off by default since session 10). Trained, saved and read back, the
+    # scales are away from their start (0): both the alternating update and the model directory carry them.
+    classes = ("fabric", "pcb")
+    cfg = ModelConfig(
+        classes=classes,
+        image_size=SIZE,
+        backbone=BackboneConfig(fuse_stride=8),
+        prior=PriorConfig(learn_scale=True),
+        train=TrainConfig(epochs=1, seed=0),
+    )
+    samples = [s for c in classes for s in load_split(tiny_data, "train", [c])[:8]]
+    model, report = train(cfg, samples)
+    save_model(model, tmp_path / "m", report.to_dict())
+    scales = [p.log_scale for p in load_model(tmp_path / "m").model.priors]
     assert all(s is not None for s in scales)
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
+    assert all(torch.equal(a.log_scale, b) for a, b in zip(model.priors, scales, strict=True))
+
+
+def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_model):
+    """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
+    model = tiny_model.model
+    assert model.cfg.score.logdet is False
+    g = torch.Generator().manual_seed(0)
+    side = model.feature_sizes[0]
+    x = torch.randn(2, side, side, model.channels[0], generator=g)
+    bias = model.class_bias(None, 2)[:, None, None, :]
+    with torch.inference_mode():
+        z, logdet = model.flows[0](x, model.positions(0))
+        assert logdet.abs().max() > 1e-2  # else leaving it out would change nothing
+        latent, _ = model.priors[0].score(z, torch.zeros_like(logdet), bias)
+        exact, _ = model.priors[0].score(z, logdet, bias)
+        off, _ = model.score_level(0, x, bias)
+        with_logdet = HGAD(dataclasses.replace(model.cfg, score=ScoreConfig(logdet=True)), pretrained_backbone=False)
+        with_logdet.load_state_dict(model.state_dict())
+        on, _ = with_logdet.eval().score_level(0, x, bias)
+    assert torch.allclose(off, latent) and torch.allclose(on, exact)
+    assert not torch.allclose(off, on)
 
 
 def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_data):

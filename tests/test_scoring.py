@@ -61,6 +61,7 @@ def test_model_json_without_top_fraction_loads_with_its_own_image_score():
         ({"top_fraction": 1.5}, "score.top_fraction: 1.5"),
         ({"topk": 0}, "score.topk: 0"),
         ({"image_score": "mean"}, "score.image_score: 'mean'"),
+        ({"logdet": "yes"}, "score.logdet: 'yes' must be true or false"),
     ],
 )
 def test_bad_image_score_settings_are_one_clear_error(change, match):
