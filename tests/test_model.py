@@ -232,21 +232,25 @@ def test_learned_scales_train_and_are_saved(tiny_data, tmp_path):
 
 def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_model):
     """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
-    model = tiny_model.model
-    assert model.cfg.score.logdet is False
+    assert ScoreConfig().logdet is False
+    trained = tiny_model.model
+    models = {}
+    for logdet in (False, True):
+        cfg = dataclasses.replace(trained.cfg, score=ScoreConfig(logdet=logdet))
+        models[logdet] = HGAD(cfg, pretrained_backbone=False)
+        models[logdet].load_state_dict(trained.state_dict())
+        models[logdet].eval()
     g = torch.Generator().manual_seed(0)
-    side = model.feature_sizes[0]
-    x = torch.randn(2, side, side, model.channels[0], generator=g)
-    bias = model.class_bias(None, 2)[:, None, None, :]
+    side = trained.feature_sizes[0]
+    x = torch.randn(2, side, side, trained.channels[0], generator=g)
+    bias = trained.class_bias(None, 2)[:, None, None, :]
     with torch.inference_mode():
-        z, logdet = model.flows[0](x, model.positions(0))
+        z, logdet = trained.flows[0](x, trained.positions(0))
         assert logdet.abs().max() > 1e-2  # else leaving it out would change nothing
-        latent, _ = model.priors[0].score(z, torch.zeros_like(logdet), bias)
-        exact, _ = model.priors[0].score(z, logdet, bias)
-        off, _ = model.score_level(0, x, bias)
-        with_logdet = HGAD(dataclasses.replace(model.cfg, score=ScoreConfig(logdet=True)), pretrained_backbone=False)
-        with_logdet.load_state_dict(model.state_dict())
-        on, _ = with_logdet.eval().score_level(0, x, bias)
+        latent, _ = trained.priors[0].score(z, torch.zeros_like(logdet), bias)
+        exact, _ = trained.priors[0].score(z, logdet, bias)
+        off, _ = models[False].score_level(0, x, bias)
+        on, _ = models[True].score_level(0, x, bias)
     assert torch.allclose(off, latent) and torch.allclose(on, exact)
     assert not torch.allclose(off, on)
 
