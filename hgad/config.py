@@ -191,9 +191,10 @@ def validate(cfg: ModelConfig) -> None:
         bad(f"backbone.pool: {cfg.backbone.pool} must be an odd number >= 1 (1 turns averaging off)")
     if cfg.backbone.fuse_stride < 0 or (cfg.backbone.fuse_stride and cfg.image_size % cfg.backbone.fuse_stride):
         bad(f"backbone.fuse_stride: {cfg.backbone.fuse_stride} must be 0 (no fusion) or divide the image size")
-    for key in ("pool_on_grid", "standardise"):
-        if not isinstance(getattr(cfg.backbone, key), bool):
-            bad(f"backbone.{key}: {getattr(cfg.backbone, key)!r} must be true or false")
+    for section, key in (("backbone", "pool_on_grid"), ("backbone", "standardise"), ("score", "logdet")):
+        value = getattr(getattr(cfg, section), key)
+        if not isinstance(value, bool):
+            bad(f"{section}.{key}: {value!r} must be true or false")
     if cfg.flow.n_blocks < 1:
         bad(f"flow.n_blocks: {cfg.flow.n_blocks} must be >= 1")
     if cfg.flow.pos_dim % 4 or cfg.flow.pos_dim < 4:
@@ -206,8 +207,6 @@ def validate(cfg: ModelConfig) -> None:
         bad(f"prior.n_centres: {cfg.prior.n_centres} must be >= 1")
     if cfg.score.combine not in COMBINES:
         bad(f"score.combine: {cfg.score.combine!r} is not one of {', '.join(COMBINES)}")
-    if not isinstance(cfg.score.logdet, bool):
-        bad(f"score.logdet: {cfg.score.logdet!r} must be true or false")
     if cfg.score.image_score not in IMAGE_SCORES:
         bad(f"score.image_score: {cfg.score.image_score!r} is not one of {', '.join(IMAGE_SCORES)}")
     if cfg.score.topk < 1:
