@@ -59,6 +59,11 @@ class HGAD(nn.Module):
         self.backbone.train(False)
         return self
 
+    @property
+    def uses_entropy(self) -> bool:
+        """Whether the anomaly map multiplies in the class-entropy map (hgad's prior, combine "product")."""
+        return self.cfg.score.combine == "product" and self.priors[0].has_entropy
+
     def class_bias(self, line: str | None, batch: int = 1) -> torch.Tensor:
         """[batch, K] mixture selector: all zeros is class-agnostic; `line` makes it class-aware."""
         bias = torch.zeros(batch, len(self.cfg.classes), device=self.ll_ref.device)
@@ -93,12 +98,12 @@ class HGAD(nn.Module):
         z, logdet = self.flows[level](x, self.positions(level))
         if not self.cfg.score.logdet:
             logdet = torch.zeros_like(logdet)
-        return self.priors[level].score(z, logdet, bias)
+        return self.priors[level].score(z, logdet, bias, entropy=self.uses_entropy)
 
     def forward_maps(self, lls: list[torch.Tensor], entropies: list[torch.Tensor]) -> torch.Tensor:
         size = self.cfg.image_size
         amap = anomaly_from_levels(lls, self.ll_ref, size)
-        if self.cfg.score.combine == "product" and self.priors[0].has_entropy:
+        if self.uses_entropy:
             # Entropy normality: low class entropy (a confident class) is normal.
             amap = amap * anomaly_from_levels([-e for e in entropies], -self.entropy_ref, size)
         return self.blur(amap)

@@ -126,18 +126,21 @@ class HierarchicalPrior(nn.Module):
             parts["L_in"] = l_in
         return LevelLosses(total, parts)
 
-    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor):
+    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
         """Per-dimension log-likelihood and inter-class entropy at each position.
 
         `class_bias` ([..., K], 0 for an allowed class and MASKED otherwise) selects the mixture:
         all zeros is class-agnostic (logsumexp over every class and centre), one zero is class-aware.
         Class-aware keeps log pi_y, i.e. it scores log p(z, y), so one frozen reference serves both modes.
+        `entropy` false returns zeros for the entropy map: a model that does not combine it leaves the
+        per-position softmax over K lines out of its graph.
         """
         log_pi = F.log_softmax(self.psi, dim=0)
         joint = log_pi + self._intra_log_density(z) + class_bias
         ll = (torch.logsumexp(joint, dim=-1) + logdet) / self.channels - LOG_2PI_HALF
-        entropy = entropy_of_logits(self._main_logits(z))
-        return ll, entropy
+        if not entropy:
+            return ll, torch.zeros_like(ll)
+        return ll, entropy_of_logits(self._main_logits(z))
 
 
 class SinglePrior(nn.Module):
@@ -156,7 +159,7 @@ class SinglePrior(nn.Module):
         l_g = -(-0.5 * (z * z).sum(dim=-1) + logdet).mean() / self.channels
         return LevelLosses(cfg.lambda1 * l_g, {"L_g": l_g})
 
-    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor):
+    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
         ll = (-0.5 * (z * z).sum(dim=-1) + logdet) / self.channels - LOG_2PI_HALF
         return ll, torch.zeros_like(ll)
 

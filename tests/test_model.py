@@ -245,6 +245,30 @@ def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_mo
     assert not torch.allclose(off, on)
 
 
+def test_likelihood_only_model_leaves_the_entropy_map_out(tiny_model):
+    """combine "likelihood" (the default) never uses the class-entropy map, so the head does not compute it;
+    the likelihood map, and so the anomaly map, is what the product model's likelihood part gives."""
+    trained = tiny_model.model
+    assert trained.cfg.score.combine == "product" and trained.uses_entropy
+    cfg = dataclasses.replace(trained.cfg, score=dataclasses.replace(trained.cfg.score, combine="likelihood"))
+    plain = HGAD(cfg, pretrained_backbone=False)
+    plain.load_state_dict(trained.state_dict())
+    plain.eval()
+    assert not plain.uses_entropy
+    side = trained.feature_sizes[0]
+    x = torch.randn(2, side, side, trained.channels[0], generator=torch.Generator().manual_seed(0))
+    bias = trained.class_bias(None, 2)[:, None, None, :]
+    with torch.inference_mode():
+        ll_full, ent_full = trained.score_level(0, x, bias)
+        ll, ent = plain.score_level(0, x, bias)
+        amap = plain.forward_maps([ll], [ent])
+        from_full = plain.forward_maps([ll_full], [ent_full])
+    assert ent_full.abs().max() > 1e-4  # the product model does compute it
+    assert torch.count_nonzero(ent) == 0
+    assert torch.equal(ll, ll_full)
+    assert torch.allclose(amap, from_full)
+
+
 def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_data):
     """The metrics after each line's scoring take a while at 768 px; an outer progress over the lines
     covers them, so a long eval never goes quiet between one line's scoring and the next."""
