@@ -29,7 +29,7 @@ import yaml
 from calibration.calibrate import calibrate_folder
 from calibration.db import open_database
 from calibration.store import ProfileStore
-from hgad.config import BackboneConfig, ModelConfig, PriorConfig, ScoreConfig, TrainConfig
+from hgad.config import BackboneConfig, FlowConfig, ModelConfig, PriorConfig, ScoreConfig, TrainConfig
 from hgad.data import synth
 from hgad.data.datasets import load_split
 from hgad.errors import HgadError
@@ -56,6 +56,8 @@ DEMO_PRIOR = PriorConfig(centres="random", learn_scale=False)
 # the fused photographic model; the demo's 9/9 episodes were measured with these).
 DEMO_SCORE = ScoreConfig(combine="product", logdet=True)
 DEMO_LAMBDA2 = 100.0
+# And its flow depth (session 11 doubled the default for the fused photographic model).
+DEMO_FLOW = FlowConfig(n_blocks=8)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         "fuse_stride": DEMO_BACKBONE.fuse_stride,
         "centres": DEMO_PRIOR.centres,
         "learn_scale": DEMO_PRIOR.learn_scale,
+        "n_blocks": DEMO_FLOW.n_blocks,
         "seed": spec.seed,
     }
     if (model_dir / "model.json").is_file():
@@ -136,6 +139,7 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         classes=tuple(names),
         image_size=spec.size,
         backbone=DEMO_BACKBONE,
+        flow=DEMO_FLOW,
         prior=DEMO_PRIOR,
         train=TrainConfig(epochs=spec.epochs, seed=spec.seed, lambda2=DEMO_LAMBDA2),
         score=DEMO_SCORE,
