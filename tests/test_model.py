@@ -220,20 +220,27 @@ def test_learned_scales_train_and_are_saved(tiny_model):
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
 
 
+def _rescored(trained: HGAD, **score) -> HGAD:
+    """The trained model's weights under a score configuration changed by `score`."""
+    cfg = dataclasses.replace(trained.cfg, score=dataclasses.replace(trained.cfg.score, **score))
+    model = HGAD(cfg, pretrained_backbone=False)
+    model.load_state_dict(trained.state_dict())
+    return model.eval()
+
+
+def _level_input(model: HGAD) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two random channel-last feature maps of level 0 and a class-agnostic bias for them."""
+    side = model.feature_sizes[0]
+    x = torch.randn(2, side, side, model.channels[0], generator=torch.Generator().manual_seed(0))
+    return x, model.class_bias(None, 2)[:, None, None, :]
+
+
 def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_model):
     """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
     assert ScoreConfig().logdet is False
     trained = tiny_model.model
-    models = {}
-    for logdet in (False, True):
-        cfg = dataclasses.replace(trained.cfg, score=ScoreConfig(logdet=logdet))
-        models[logdet] = HGAD(cfg, pretrained_backbone=False)
-        models[logdet].load_state_dict(trained.state_dict())
-        models[logdet].eval()
-    g = torch.Generator().manual_seed(0)
-    side = trained.feature_sizes[0]
-    x = torch.randn(2, side, side, trained.channels[0], generator=g)
-    bias = trained.class_bias(None, 2)[:, None, None, :]
+    models = {logdet: _rescored(trained, logdet=logdet) for logdet in (False, True)}
+    x, bias = _level_input(trained)
     with torch.inference_mode():
         z, logdet = trained.flows[0](x, trained.positions(0))
         assert logdet.abs().max() > 1e-2  # else leaving it out would change nothing
@@ -250,14 +257,9 @@ def test_likelihood_only_model_leaves_the_entropy_map_out(tiny_model):
     the likelihood map, and so the anomaly map, is what the product model's likelihood part gives."""
     trained = tiny_model.model
     assert trained.cfg.score.combine == "product" and trained.uses_entropy
-    cfg = dataclasses.replace(trained.cfg, score=dataclasses.replace(trained.cfg.score, combine="likelihood"))
-    plain = HGAD(cfg, pretrained_backbone=False)
-    plain.load_state_dict(trained.state_dict())
-    plain.eval()
+    plain = _rescored(trained, combine="likelihood")
     assert not plain.uses_entropy
-    side = trained.feature_sizes[0]
-    x = torch.randn(2, side, side, trained.channels[0], generator=torch.Generator().manual_seed(0))
-    bias = trained.class_bias(None, 2)[:, None, None, :]
+    x, bias = _level_input(trained)
     with torch.inference_mode():
         ll_full, ent_full = trained.score_level(0, x, bias)
         ll, ent = plain.score_level(0, x, bias)
