@@ -92,10 +92,14 @@ class HGAD(nn.Module):
             entropies.append(ent)
         return lls, entropies
 
-    def score_level(self, level: int, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def score_level(
+        self, level: int, x: torch.Tensor, bias: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One level's log-likelihood and entropy maps for channel-last features [B, h, w, C]; the one path
-        inference and the training references share."""
-        z, logdet = self.flows[level](x, self.positions(level))
+        inference and the training references share. `positions` (encodings broadcastable to x's leading
+        shape) scores a sample of positions [B, P, C] instead of whole maps."""
+        pos = self.positions(level) if positions is None else positions
+        z, logdet = self.flows[level](x, pos)
         if not self.cfg.score.logdet:
             logdet = torch.zeros_like(logdet)
         return self.priors[level].score(z, logdet, bias, entropy=self.uses_entropy)

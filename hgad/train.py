@@ -197,15 +197,33 @@ def fit_flows(
 
 
 @torch.inference_mode()
-def fit_references(model: HGAD, features: list[torch.Tensor], device: torch.device, batch: int = 32) -> None:
-    """Freeze each level's log-likelihood and entropy references from the normal training features."""
+def fit_references(
+    model: HGAD, features: list[torch.Tensor], device: torch.device, batch: int = 32, progress: Progress = quiet
+) -> None:
+    """Freeze each level's log-likelihood and entropy references from the normal training features.
+
+    The quantiles come from a seeded sample of `positions_per_image` positions of every image, drawn
+    without replacement: 300 k values for 1200 images at 256 pin a 0.999 quantile down (300 lie above
+    it), and scoring every position instead (2304 per image at 768 px) took 4 of the 21 minutes of the
+    1200-image training on 2 AMD cores (session 12).
+    """
     q = model.cfg.score.ref_quantile
+    gen = torch.Generator().manual_seed(model.cfg.train.seed)
     for level, feats in enumerate(features):
+        n, c, h, w = feats.shape
+        per_image = model.cfg.train.positions_per_image
+        p = per_image if 0 < per_image < h * w else h * w
+        encodings = model.positions(level).reshape(h * w, -1)
         lls, ents = [], []
-        for i in range(0, feats.shape[0], batch):
+        starts = range(0, n, batch)
+        for i in progress(starts, total=len(starts), desc=f"references level {level + 1}/{len(features)}"):
             f = feats[i : i + batch].to(device, torch.float32)
-            bias = model.class_bias(None, f.shape[0])
-            ll, ent = model.score_level(level, f.permute(0, 2, 3, 1), bias[:, None, None, :])
+            b = f.shape[0]
+            x = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
+            sel = torch.rand(b, h * w, generator=gen).argsort(dim=1)[:, :p].to(device)
+            x = x.gather(1, sel[..., None].expand(b, p, c))
+            bias = model.class_bias(None, b)
+            ll, ent = model.score_level(level, x, bias[:, None, :], positions=encodings[sel])
             lls.append(ll.flatten().cpu())
             ents.append(ent.flatten().cpu())
         ll_all = torch.cat(lls).double().numpy()
@@ -234,7 +252,7 @@ def train(
     fit_standardisation(model.levels, features)
     labels = torch.tensor([class_index[s.class_name] for s in samples])
     history = fit_flows(model, features, labels, device, progress=progress)
-    fit_references(model, features, device)
+    fit_references(model, features, device, progress=progress)
     t2 = time.perf_counter()
     report = TrainingReport(len(samples), counts, t1 - t0, t2 - t1, cfg.train.epochs, history)
     return model, report

@@ -18,7 +18,7 @@ from hgad.model import HGAD
 from hgad.model_dir import _model_id, load_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
-from hgad.train import class_balanced_draws, extract_features, fit_flows, train
+from hgad.train import class_balanced_draws, extract_features, fit_flows, fit_references, train
 
 from .conftest import SIZE
 
@@ -220,9 +220,10 @@ def test_learned_scales_train_and_are_saved(tiny_model):
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
 
 
-def _rescored(trained: HGAD, **score) -> HGAD:
-    """The trained model's weights under a score configuration changed by `score`."""
-    cfg = dataclasses.replace(trained.cfg, score=dataclasses.replace(trained.cfg.score, **score))
+def _rebuilt(trained: HGAD, section: str = "score", **changes) -> HGAD:
+    """The trained model's weights under its configuration with keys of `section` changed."""
+    part = dataclasses.replace(getattr(trained.cfg, section), **changes)
+    cfg = dataclasses.replace(trained.cfg, **{section: part})
     model = HGAD(cfg, pretrained_backbone=False)
     model.load_state_dict(trained.state_dict())
     return model.eval()
@@ -239,7 +240,7 @@ def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_mo
     """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
     assert ScoreConfig().logdet is False
     trained = tiny_model.model
-    models = {logdet: _rescored(trained, logdet=logdet) for logdet in (False, True)}
+    models = {logdet: _rebuilt(trained, logdet=logdet) for logdet in (False, True)}
     x, bias = _level_input(trained)
     with torch.inference_mode():
         z, logdet = trained.flows[0](x, trained.positions(0))
@@ -257,7 +258,7 @@ def test_likelihood_only_model_leaves_the_entropy_map_out(tiny_model):
     the likelihood map, and so the anomaly map, is what the product model's likelihood part gives."""
     trained = tiny_model.model
     assert trained.cfg.score.combine == "product" and trained.uses_entropy
-    plain = _rescored(trained, combine="likelihood")
+    plain = _rebuilt(trained, combine="likelihood")
     assert not plain.uses_entropy
     x, bias = _level_input(trained)
     with torch.inference_mode():
@@ -291,3 +292,43 @@ def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_dat
     assert all(f"score {c}" in seen for c in classes)
     assert set(result["classes"]) == set(classes)
     assert all(0.0 <= result["classes"][c]["image_auroc"] <= 1.0 for c in classes)
+
+
+def test_references_come_from_a_sample_of_positions(tiny_model, tiny_data):
+    """fit_references scores `positions_per_image` positions of each training image, not whole maps (at
+    768 px that was 4 of 21 training minutes): sampled positions score exactly as in the whole map, the
+    draw is seeded, and the references land where scoring every position puts them."""
+    trained = tiny_model.model
+    samples = load_split(tiny_data, "train", list(trained.classes))
+    feats = extract_features(trained, [s.path for s in samples], torch.device("cpu"))
+    n, c, h, w = feats[0].shape
+    x = feats[0][:2].float().permute(0, 2, 3, 1)
+    sel = torch.tensor([0, 5, 37, h * w - 1])
+    with torch.inference_mode():
+        full, _ = trained.score_level(0, x, trained.class_bias(None, 2)[:, None, None, :])
+        part, _ = trained.score_level(
+            0,
+            x.reshape(2, h * w, c)[:, sel],
+            trained.class_bias(None, 2)[:, None, :],
+            positions=trained.positions(0).reshape(h * w, -1)[sel],
+        )
+    assert torch.allclose(part, full.reshape(2, h * w)[:, sel], atol=1e-5)
+
+    per_image = 32
+    assert h * w >= 8 * per_image  # the sample is a small part of every map, as 256 of 2304 at 768 px
+    refs = []
+    for p in (per_image, per_image, 0):
+        model = _rebuilt(trained, "train", positions_per_image=p)
+        fit_references(model, feats, torch.device("cpu"))
+        refs.append(model.ll_ref.clone())
+    assert torch.equal(refs[0], refs[1])
+    with torch.inference_mode():
+        every = trained.score_level(
+            0, feats[0].float().permute(0, 2, 3, 1), trained.class_bias(None, n)[:, None, None, :]
+        )[0]
+    # The sampled quantile sits within a few hundredths of the spread of normal log-likelihoods of the exact one.
+    spread = float(every.quantile(0.999) - every.median())
+    assert abs(float(refs[0][0] - refs[2][0])) < 0.05 * spread
+    assert refs[2][0] == pytest.approx(
+        float(np.quantile(every.double().numpy(), trained.cfg.score.ref_quantile)), abs=1e-5
+    )
