@@ -249,7 +249,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
         result["agent"] = agent_bench(spec, loaded, result["batches"]["1"]["fps"])
     for b, r in result["batches"].items():
         stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
-        print(f"batch {b}: {r['fps']:.1f} frames/s, {r['ms_per_frame']:.1f} ms/frame ({stages} ms per batch)")
+        print(
+            f"batch {b}: {r['fps']:.1f} frames/s, {r['ms_per_frame']:.1f} ms/frame ({stages} ms per batch); "
+            f"peak RSS so far {r['peak_rss_mb']} MB"
+        )
     print(
         f"backend {result['backend']} on {result['device']} ({result['precision']}); "
         f"head/backbone {result['head_to_backbone_ratio']}; peak RSS {result['peak_rss_mb']} MB"

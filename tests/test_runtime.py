@@ -139,6 +139,9 @@ def test_bench_json(tiny_model):
         assert r["fps"] > 0 and r["total_ms"] > 0
     assert set(result["head_to_backbone_ratio"]) == {"1", "2"}
     assert result["backend"] == "torch" and result["device"] == "cpu" and result["peak_rss_mb"] > 0
+    # A high-water mark per batch, taken smallest batch first: it never falls and ends at the process peak.
+    assert 0 < result["batches"]["1"]["peak_rss_mb"] <= result["batches"]["2"]["peak_rss_mb"]
+    assert result["batches"]["2"]["peak_rss_mb"] <= result["peak_rss_mb"]
 
 
 def test_export_and_bench_cli(tiny_model_dir, tmp_path):
