@@ -58,6 +58,8 @@ DEMO_SCORE = ScoreConfig(combine="product", logdet=True)
 DEMO_LAMBDA2 = 100.0
 # And its flow depth (session 11 doubled the default for the fused photographic model).
 DEMO_FLOW = FlowConfig(n_blocks=8)
+# And the positions per image it trained on (session 12 halved the default to keep the 768 px training short).
+DEMO_POSITIONS = 256
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def prepare_model(spec: DemoSpec) -> LoadedModel:
         backbone=DEMO_BACKBONE,
         flow=DEMO_FLOW,
         prior=DEMO_PRIOR,
-        train=TrainConfig(epochs=spec.epochs, seed=spec.seed, lambda2=DEMO_LAMBDA2),
+        train=TrainConfig(epochs=spec.epochs, seed=spec.seed, lambda2=DEMO_LAMBDA2, positions_per_image=DEMO_POSITIONS),
         score=DEMO_SCORE,
     )
     t0 = time.perf_counter()
