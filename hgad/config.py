@@ -78,7 +78,7 @@ class TrainConfig:
     batch_images: int = 8
     # Positions drawn per image and level at each step (and per image for the references); 0 uses every
     # position. 128 of a 768 px map's 2304: the flows cost in proportion, and at 256 the 1200-image photo12
-    # training took 17.5 min (10 epochs) to about 20 (12) on a slow day's 2 cores, against 12.4 min now;
+    # training took 17.5 min (10 epochs) to about 20 (12) on a slow day's 2 cores, against 12.9 min now;
     # photo12 image AUROC 0.978 -> 0.972, pixel 0.978 -> 0.980 (docs/results.md, session 12).
     positions_per_image: int = 128
     lr: float = 2e-3

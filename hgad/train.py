@@ -121,6 +121,12 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
+def vectors_at(maps: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """The channel vectors of maps [B, C, h, w] at flat positions sel [B, P]: [B, P, C]."""
+    b, c = maps.shape[:2]
+    return maps.permute(0, 2, 3, 1).reshape(b, -1, c).gather(1, sel[..., None].expand(*sel.shape, c))
+
+
 def fit_flows(
     model: HGAD,
     features: list[torch.Tensor],
@@ -155,13 +161,13 @@ def fit_flows(
             for level, feats in enumerate(features):
                 f = feats[idx].to(device, torch.float32)  # [B, C, h, w]
                 b, c, h, w = f.shape
-                x = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
                 p = cfg.positions_per_image
                 if 0 < p < h * w:
                     sel = torch.randint(0, h * w, (b, p), generator=gen).to(device)
-                    x = x.gather(1, sel[..., None].expand(b, p, c))
+                    x = vectors_at(f, sel)
                 else:
                     sel = torch.arange(h * w, device=device).expand(b, h * w)
+                    x = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
                 pos = positions[level][sel.reshape(-1)]
                 y = y_img[:, None].expand(b, sel.shape[1]).reshape(-1)
                 z, logdet = model.flows[level](x.reshape(-1, c), pos)
@@ -210,7 +216,7 @@ def fit_references(
     q = model.cfg.score.ref_quantile
     gen = torch.Generator().manual_seed(model.cfg.train.seed)
     for level, feats in enumerate(features):
-        n, c, h, w = feats.shape
+        n, _, h, w = feats.shape
         per_image = model.cfg.train.positions_per_image
         p = per_image if 0 < per_image < h * w else h * w
         encodings = model.positions(level).reshape(h * w, -1)
@@ -218,12 +224,9 @@ def fit_references(
         starts = range(0, n, batch)
         for i in progress(starts, total=len(starts), desc=f"references level {level + 1}/{len(features)}"):
             f = feats[i : i + batch].to(device, torch.float32)
-            b = f.shape[0]
-            x = f.permute(0, 2, 3, 1).reshape(b, h * w, c)
-            sel = torch.rand(b, h * w, generator=gen).argsort(dim=1)[:, :p].to(device)
-            x = x.gather(1, sel[..., None].expand(b, p, c))
-            bias = model.class_bias(None, b)
-            ll, ent = model.score_level(level, x, bias[:, None, :], positions=encodings[sel])
+            sel = torch.rand(f.shape[0], h * w, generator=gen).argsort(dim=1)[:, :p].to(device)
+            bias = model.class_bias(None, f.shape[0])
+            ll, ent = model.score_level(level, vectors_at(f, sel), bias[:, None, :], positions=encodings[sel])
             lls.append(ll.flatten().cpu())
             ents.append(ent.flatten().cpu())
         ll_all = torch.cat(lls).double().numpy()
