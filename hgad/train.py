@@ -209,8 +209,8 @@ def fit_references(
     """Freeze each level's log-likelihood and entropy references from the normal training features.
 
     The quantiles come from a seeded sample of `positions_per_image` positions of every image, drawn
-    without replacement: 300 k values for 1200 images at 256 pin a 0.999 quantile down (300 lie above
-    it), and scoring every position instead (2304 per image at 768 px) took 4 of the 21 minutes of the
+    without replacement: 150 k values for 1200 images at the default 128 pin a 0.999 quantile down (150
+    lie above it), and scoring every position instead (2304 per image at 768 px) took 4 of the 21 minutes of the
     1200-image training on 2 AMD cores (session 12).
     """
     q = model.cfg.score.ref_quantile
