@@ -36,6 +36,15 @@ class HGAD(nn.Module):
         # Frozen references (see scoring.py), fitted on normal training data and saved with the weights.
         self.register_buffer("ll_ref", torch.zeros(len(self.channels)))
         self.register_buffer("entropy_ref", torch.zeros(len(self.channels)))
+        if cfg.score.position_stats:
+            # Per line and position: mean and variance of normal log-likelihoods; per level: the pooled lines'
+            # centre and spread, the scale standardised maps are put back on. Identity until fitted.
+            k = len(cfg.classes)
+            for i, size in enumerate(self.feature_sizes):
+                self.register_buffer(f"pos_mean{i}", torch.zeros(k, size, size))
+                self.register_buffer(f"pos_var{i}", torch.ones(k, size, size))
+            self.register_buffer("ll_centre", torch.zeros(len(self.channels)))
+            self.register_buffer("ll_spread", torch.ones(len(self.channels)))
         mean = torch.tensor(cfg.backbone.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(cfg.backbone.std, dtype=torch.float32).view(1, 3, 1, 1)
         # uint8 -> [0, 1] -> (x - mean) / std folded into one multiply-add.
@@ -93,16 +102,52 @@ class HGAD(nn.Module):
         return lls, entropies
 
     def score_level(
-        self, level: int, x: torch.Tensor, bias: torch.Tensor, positions: torch.Tensor | None = None
+        self,
+        level: int,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        sel: torch.Tensor | None = None,
+        raw: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One level's log-likelihood and entropy maps for channel-last features [B, h, w, C]; the one path
-        inference and the training references share. `positions` (encodings broadcastable to x's leading
-        shape) scores a sample of positions [B, P, C] instead of whole maps."""
-        pos = self.positions(level) if positions is None else positions
+        inference and the training statistics share. `sel` ([B, P] flat positions) scores the vectors at
+        those positions only, x [B, P, C]. `raw` leaves out the per-position standardisation (to fit it)."""
+        table = self.positions(level)
+        pos = table if sel is None else table.reshape(-1, table.shape[-1])[sel]
         z, logdet = self.flows[level](x, pos)
         if not self.cfg.score.logdet:
             logdet = torch.zeros_like(logdet)
-        return self.priors[level].score(z, logdet, bias, entropy=self.uses_entropy)
+        out = self.priors[level].score(z, logdet, bias, entropy=self.uses_entropy)
+        if raw or not self.cfg.score.position_stats:
+            return out.ll, out.entropy
+        return self.standardise_positions(level, out.ll, self.line_weights(out.joint), sel), out.entropy
+
+    @staticmethod
+    def line_weights(joint: torch.Tensor) -> torch.Tensor:
+        """[B, ..., K] per-position log-joints -> [B, K]: the image's line posterior, tempered by averaging
+        over positions instead of summing (the sum of thousands would overflow half precision; the average
+        still names the line with near certainty, as every position shares it)."""
+        return torch.softmax(joint.flatten(1, -2).mean(dim=1), dim=-1)
+
+    def standardise_positions(
+        self, level: int, ll: torch.Tensor, weights: torch.Tensor, sel: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """ll [B, h, w] (or [B, P] at flat positions `sel`) minus its line's mean at each position, over its
+        spread, put back on the level's pooled scale so that references and maps keep their units.
+        `weights` [B, K] mix the lines' statistics as a mixture's moments: one-hot picks one line's, uniform
+        gives the pooled lines'."""
+        mean, var = getattr(self, f"pos_mean{level}"), getattr(self, f"pos_var{level}")
+        if sel is not None:
+            k = mean.shape[0]
+            mean = mean.reshape(k, -1)[:, sel]  # [K, B, P]
+            var = var.reshape(k, -1)[:, sel]
+            mean, var = mean.movedim(0, 1), var.movedim(0, 1)  # [B, K, P]
+        else:
+            mean, var = mean[None], var[None]  # [1, K, h, w]
+        w = weights.reshape(*weights.shape, *([1] * (ll.dim() - 1)))  # [B, K, 1(, 1)]
+        m = (w * mean).sum(dim=1)
+        v = (w * (var + (mean - m[:, None]) ** 2)).sum(dim=1)
+        return self.ll_centre[level] + self.ll_spread[level] * (ll - m) * torch.rsqrt(v.clamp_min(1e-12))
 
     def forward_maps(self, lls: list[torch.Tensor], entropies: list[torch.Tensor]) -> torch.Tensor:
         size = self.cfg.image_size

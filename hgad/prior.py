@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,16 @@ MASKED = -1.0e4
 class LevelLosses:
     total: torch.Tensor
     parts: dict[str, torch.Tensor]
+
+
+class LevelScores(NamedTuple):
+    """One level's scoring terms at each position: per-dimension log-likelihood, inter-class entropy, and
+    the per-class log-joint log p(z, k) in nats plus the class bias, [..., K], from which the model infers
+    an image's line (`HGAD.line_weights`)."""
+
+    ll: torch.Tensor
+    entropy: torch.Tensor
+    joint: torch.Tensor
 
 
 def squared_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -127,7 +138,7 @@ class HierarchicalPrior(nn.Module):
         return LevelLosses(total, parts)
 
     def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
-        """Per-dimension log-likelihood and inter-class entropy at each position.
+        """Per-dimension log-likelihood, inter-class entropy and per-class log-joint at each position.
 
         `class_bias` ([..., K], 0 for an allowed class and MASKED otherwise) selects the mixture:
         all zeros is class-agnostic (logsumexp over every class and centre), one zero is class-aware.
@@ -139,8 +150,8 @@ class HierarchicalPrior(nn.Module):
         joint = log_pi + self._intra_log_density(z) + class_bias
         ll = (torch.logsumexp(joint, dim=-1) + logdet) / self.channels - LOG_2PI_HALF
         if not entropy:
-            return ll, torch.zeros_like(ll)
-        return ll, entropy_of_logits(self._main_logits(z))
+            return LevelScores(ll, torch.zeros_like(ll), joint)
+        return LevelScores(ll, entropy_of_logits(self._main_logits(z)), joint)
 
 
 class SinglePrior(nn.Module):
@@ -161,7 +172,10 @@ class SinglePrior(nn.Module):
 
     def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
         ll = (-0.5 * (z * z).sum(dim=-1) + logdet) / self.channels - LOG_2PI_HALF
-        return ll, torch.zeros_like(ll)
+        # One Gaussian for every line says nothing about which line this is: only the bias does (uniform when
+        # class-agnostic, the given line when class-aware).
+        joint = class_bias.expand(*ll.shape, class_bias.shape[-1])
+        return LevelScores(ll, torch.zeros_like(ll), joint)
 
 
 def build_prior(cfg: PriorConfig, n_classes: int, channels: int, seed: int) -> nn.Module:

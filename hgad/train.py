@@ -203,6 +203,64 @@ def fit_flows(
 
 
 @torch.inference_mode()
+def fit_position_stats(
+    model: HGAD,
+    features: list[torch.Tensor],
+    labels: torch.Tensor,
+    device: torch.device,
+    batch: int = 16,
+    progress: Progress = quiet,
+) -> None:
+    """Freeze each line's mean and variance of normal log-likelihoods at every position (see
+    ScoreConfig.position_stats), from whole maps of a seeded choice of `position_stats_images` training images
+    per line.
+
+    A position's variance is shrunk towards the variance of all the line's values with the weight of two
+    images, so that a line with one or two training images (or a position that never varies) does not divide
+    by nothing; at 32 images that moves it by 6 %.
+    """
+    if not model.cfg.score.position_stats:
+        return
+    per_line = model.cfg.score.position_stats_images
+    gen = torch.Generator().manual_seed(model.cfg.train.seed + 1)
+    chosen = []
+    for k in range(len(model.classes)):
+        idx = torch.nonzero(labels == k).flatten()
+        chosen.append(idx[torch.randperm(idx.numel(), generator=gen)[:per_line]])
+    order = torch.cat(chosen)
+    line_of = labels[order]
+    for level, feats in enumerate(features):
+        maps = []
+        starts = range(0, order.numel(), batch)
+        for i in progress(starts, total=len(starts), desc=f"position statistics level {level + 1}/{len(features)}"):
+            f = feats[order[i : i + batch]].to(device, torch.float32).permute(0, 2, 3, 1)
+            bias = model.class_bias(None, f.shape[0])[:, None, None, :]
+            maps.append(model.score_level(level, f, bias, raw=True)[0].double().cpu())
+        ll = torch.cat(maps)  # [N, h, w]
+        means, variances, overall_means, overall_vars = [], [], [], []
+        for k in range(len(model.classes)):
+            x = ll[line_of == k]
+            n = x.shape[0]
+            mean = x.mean(dim=0)
+            overall = x.var(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
+            var = ((x - mean) ** 2).sum(dim=0) / max(n - 1, 1) if n > 1 else torch.zeros_like(mean)
+            means.append(mean)
+            variances.append((n * var + 2.0 * overall) / (n + 2.0))
+            overall_means.append(x.mean())
+            overall_vars.append(overall)
+        mean, var = torch.stack(means), torch.stack(variances)
+        # A line whose values never vary at all (one constant image) keeps a unit spread: nothing to scale by.
+        var = torch.where(var > 0, var, torch.ones_like(var))
+        getattr(model, f"pos_mean{level}").copy_(mean.float())
+        getattr(model, f"pos_var{level}").copy_(var.float())
+        # The pooled lines (each weighing the same) set the scale the standardised maps are put back on.
+        centre = torch.stack(overall_means).mean()
+        spread2 = (torch.stack(overall_vars) + (torch.stack(overall_means) - centre) ** 2).mean()
+        model.ll_centre[level] = float(centre)
+        model.ll_spread[level] = float(spread2.sqrt()) if spread2 > 0 else 1.0
+
+
+@torch.inference_mode()
 def fit_references(
     model: HGAD, features: list[torch.Tensor], device: torch.device, batch: int = 32, progress: Progress = quiet
 ) -> None:
@@ -211,7 +269,8 @@ def fit_references(
     The quantiles come from a seeded sample of `positions_per_image` positions of every image, drawn
     without replacement: 150 k values for 1200 images at the default 128 pin a 0.999 quantile down (150
     lie above it), and scoring every position instead (2304 per image at 768 px) took 4 of the 21 minutes of the
-    1200-image training on 2 AMD cores (session 12).
+    1200-image training on 2 AMD cores (session 12). With position statistics, an image's line is inferred
+    from its sampled positions alone (it is certain from far fewer).
     """
     q = model.cfg.score.ref_quantile
     gen = torch.Generator().manual_seed(model.cfg.train.seed)
@@ -219,14 +278,13 @@ def fit_references(
         n, _, h, w = feats.shape
         per_image = model.cfg.train.positions_per_image
         p = per_image if 0 < per_image < h * w else h * w
-        encodings = model.positions(level).reshape(h * w, -1)
         lls, ents = [], []
         starts = range(0, n, batch)
         for i in progress(starts, total=len(starts), desc=f"references level {level + 1}/{len(features)}"):
             f = feats[i : i + batch].to(device, torch.float32)
             sel = torch.rand(f.shape[0], h * w, generator=gen).argsort(dim=1)[:, :p].to(device)
             bias = model.class_bias(None, f.shape[0])
-            ll, ent = model.score_level(level, vectors_at(f, sel), bias[:, None, :], positions=encodings[sel])
+            ll, ent = model.score_level(level, vectors_at(f, sel), bias[:, None, :], sel=sel)
             lls.append(ll.flatten().cpu())
             ents.append(ent.flatten().cpu())
         ll_all = torch.cat(lls).double().numpy()
@@ -255,6 +313,7 @@ def train(
     fit_standardisation(model.levels, features)
     labels = torch.tensor([class_index[s.class_name] for s in samples])
     history = fit_flows(model, features, labels, device, progress=progress)
+    fit_position_stats(model, features, labels, device, progress=progress)
     fit_references(model, features, device, progress=progress)
     t2 = time.perf_counter()
     report = TrainingReport(len(samples), counts, t1 - t0, t2 - t1, cfg.train.epochs, history)

@@ -96,7 +96,7 @@ def test_learned_scale_enters_every_term_as_a_diagonal_gaussian():
     expected_lg = -(torch.logsumexp(direct + log_pi, -1) + logdet).mean() / 6
     out = prior.losses(z, logdet, y, TrainConfig(), intra=False)
     assert torch.allclose(out.parts["L_g"], expected_lg, atol=1e-4)
-    ll, ent = prior.score(z, logdet, torch.zeros(20, 3))
+    ll, ent, _ = prior.score(z, logdet, torch.zeros(20, 3))
     expected_ll = (torch.logsumexp(direct + log_pi, -1) + logdet) / 6 - 0.5 * math.log(2 * math.pi)
     assert torch.allclose(ll, expected_ll, atol=1e-4)
     p = torch.softmax(direct, -1)
@@ -131,9 +131,9 @@ def test_class_aware_scores_only_the_given_class():
     aware_right[:, 1] = 0.0
     aware_wrong = torch.full((4, 3), MASKED)
     aware_wrong[:, 0] = 0.0
-    ll_a, _ = prior.score(z, torch.zeros(4), agnostic)
-    ll_r, _ = prior.score(z, torch.zeros(4), aware_right)
-    ll_w, _ = prior.score(z, torch.zeros(4), aware_wrong)
+    ll_a = prior.score(z, torch.zeros(4), agnostic).ll
+    ll_r = prior.score(z, torch.zeros(4), aware_right).ll
+    ll_w = prior.score(z, torch.zeros(4), aware_wrong).ll
     # At its own centre, the class-aware likelihood equals the agnostic one (other classes are far) ...
     assert torch.allclose(ll_a, ll_r, atol=1e-3)
     # ... and the wrong class makes the same point very unlikely.
@@ -143,7 +143,7 @@ def test_class_aware_scores_only_the_given_class():
 def test_single_prior_is_the_standard_normal():
     prior = SinglePrior(2, 4)
     z = torch.zeros(3, 4)
-    ll, ent = prior.score(z, torch.zeros(3), torch.zeros(3, 2))
+    ll, ent, _ = prior.score(z, torch.zeros(3), torch.zeros(3, 2))
     assert torch.allclose(ll, torch.full((3,), -0.5 * math.log(2 * math.pi)))
     assert torch.count_nonzero(ent) == 0
 

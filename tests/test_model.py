@@ -225,7 +225,9 @@ def _rebuilt(trained: HGAD, section: str = "score", **changes) -> HGAD:
     part = dataclasses.replace(getattr(trained.cfg, section), **changes)
     cfg = dataclasses.replace(trained.cfg, **{section: part})
     model = HGAD(cfg, pretrained_backbone=False)
-    model.load_state_dict(trained.state_dict())
+    # Without position statistics the model has no buffers for them.
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in trained.state_dict().items() if k in own})
     return model.eval()
 
 
@@ -245,10 +247,10 @@ def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_mo
     with torch.inference_mode():
         z, logdet = trained.flows[0](x, trained.positions(0))
         assert logdet.abs().max() > 1e-2  # else leaving it out would change nothing
-        latent, _ = trained.priors[0].score(z, torch.zeros_like(logdet), bias)
-        exact, _ = trained.priors[0].score(z, logdet, bias)
-        off, _ = models[False].score_level(0, x, bias)
-        on, _ = models[True].score_level(0, x, bias)
+        latent = trained.priors[0].score(z, torch.zeros_like(logdet), bias).ll
+        exact = trained.priors[0].score(z, logdet, bias).ll
+        off, _ = models[False].score_level(0, x, bias, raw=True)
+        on, _ = models[True].score_level(0, x, bias, raw=True)
     assert torch.allclose(off, latent) and torch.allclose(on, exact)
     assert not torch.allclose(off, on)
 
@@ -304,28 +306,41 @@ def test_references_come_from_a_sample_of_positions(tiny_model, tiny_data):
     n, c, h, w = feats[0].shape
     x = feats[0][:2].float().permute(0, 2, 3, 1)
     sel = torch.tensor([0, 5, 37, h * w - 1])
+    sel2 = sel.expand(2, -1)
+    weights = torch.softmax(torch.randn(2, len(trained.classes), generator=torch.Generator().manual_seed(1)), -1)
     with torch.inference_mode():
-        full, _ = trained.score_level(0, x, trained.class_bias(None, 2)[:, None, None, :])
+        full, _ = trained.score_level(0, x, trained.class_bias(None, 2)[:, None, None, :], raw=True)
         part, _ = trained.score_level(
-            0,
-            x.reshape(2, h * w, c)[:, sel],
-            trained.class_bias(None, 2)[:, None, :],
-            positions=trained.positions(0).reshape(h * w, -1)[sel],
+            0, x.reshape(2, h * w, c)[:, sel], trained.class_bias(None, 2)[:, None, :], sel=sel2, raw=True
         )
+        # The per-position statistics are looked up at the sampled positions too.
+        full_std = trained.standardise_positions(0, full, weights)
+        part_std = trained.standardise_positions(0, part, weights, sel2)
     assert torch.allclose(part, full.reshape(2, h * w)[:, sel], atol=1e-5)
+    assert torch.allclose(part_std, full_std.reshape(2, h * w)[:, sel], atol=1e-5)
+    assert not torch.allclose(part_std, part, atol=1e-2)
 
     per_image = 32
     assert h * w >= 8 * per_image  # the sample is a small part of every map, as 256 of 2304 at 768 px
+    # The sampling is measured on the raw likelihoods: the tiny data's 20 images per line leave the
+    # standardised values' tail too heavy for 2560 sampled values to pin its 0.999 quantile to 5 %.
+    plain = _rebuilt(trained, position_stats=False)
     refs = []
     for p in (per_image, per_image, 0):
-        model = _rebuilt(trained, "train", positions_per_image=p)
+        model = _rebuilt(plain, "train", positions_per_image=p)
         fit_references(model, feats, torch.device("cpu"))
         refs.append(model.ll_ref.clone())
     assert torch.equal(refs[0], refs[1])
+    whole = _rebuilt(trained, "train", positions_per_image=0)
+    fit_references(whole, feats, torch.device("cpu"))
+    bias = trained.class_bias(None, n)[:, None, None, :]
     with torch.inference_mode():
-        every = trained.score_level(
-            0, feats[0].float().permute(0, 2, 3, 1), trained.class_bias(None, n)[:, None, None, :]
-        )[0]
+        every = plain.score_level(0, feats[0].float().permute(0, 2, 3, 1), bias)[0]
+        every_std = trained.score_level(0, feats[0].float().permute(0, 2, 3, 1), bias)[0]
+    # With position statistics the reference is the quantile of the standardised maps.
+    assert whole.ll_ref[0] == pytest.approx(
+        float(np.quantile(every_std.double().numpy(), trained.cfg.score.ref_quantile)), abs=1e-4
+    )
     # The sampled quantile sits within a few hundredths of the spread of normal log-likelihoods of the exact one.
     spread = float(every.quantile(0.999) - every.median())
     assert abs(float(refs[0][0] - refs[2][0])) < 0.05 * spread
