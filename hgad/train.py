@@ -242,8 +242,8 @@ def fit_position_stats(
             x = ll[line_of == k]
             n = x.shape[0]
             mean = x.mean(dim=0)
-            overall = x.var(unbiased=False) if x.numel() > 1 else torch.zeros((), dtype=x.dtype)
-            var = ((x - mean) ** 2).sum(dim=0) / max(n - 1, 1) if n > 1 else torch.zeros_like(mean)
+            overall = x.var(unbiased=False)
+            var = x.var(dim=0) if n > 1 else torch.zeros_like(mean)
             means.append(mean)
             variances.append((n * var + 2.0 * overall) / (n + 2.0))
             overall_means.append(x.mean())

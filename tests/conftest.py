@@ -6,6 +6,7 @@ so the whole suite trains it once in well under a minute on two CPU cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,11 +28,23 @@ from paho.mqtt.enums import CallbackAPIVersion
 from hgad.config import BackboneConfig, FlowConfig, ModelConfig, PriorConfig, ScoreConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.data.synth import SynthSpec, write_dataset
+from hgad.model import HGAD
 from hgad.model_dir import load_model, save_model
 from hgad.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128
+
+
+def rebuilt(trained: HGAD, section: str = "score", **changes) -> HGAD:
+    """The trained model's weights under its configuration with keys of `section` changed."""
+    part = dataclasses.replace(getattr(trained.cfg, section), **changes)
+    cfg = dataclasses.replace(trained.cfg, **{section: part})
+    model = HGAD(cfg, pretrained_backbone=False)
+    # Without position statistics the model has no buffers for them.
+    own = model.state_dict()
+    model.load_state_dict({k: v for k, v in trained.state_dict().items() if k in own})
+    return model.eval()
 
 
 def hgad_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None):

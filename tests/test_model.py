@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -20,7 +19,7 @@ from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
 from hgad.train import class_balanced_draws, extract_features, fit_flows, fit_references, train
 
-from .conftest import SIZE
+from .conftest import SIZE, rebuilt
 
 
 def _frames(data, n=6):
@@ -220,17 +219,6 @@ def test_learned_scales_train_and_are_saved(tiny_model):
     assert all(s.detach().abs().max() > 1e-3 for s in scales)
 
 
-def _rebuilt(trained: HGAD, section: str = "score", **changes) -> HGAD:
-    """The trained model's weights under its configuration with keys of `section` changed."""
-    part = dataclasses.replace(getattr(trained.cfg, section), **changes)
-    cfg = dataclasses.replace(trained.cfg, **{section: part})
-    model = HGAD(cfg, pretrained_backbone=False)
-    # Without position statistics the model has no buffers for them.
-    own = model.state_dict()
-    model.load_state_dict({k: v for k, v in trained.state_dict().items() if k in own})
-    return model.eval()
-
-
 def _level_input(model: HGAD) -> tuple[torch.Tensor, torch.Tensor]:
     """Two random channel-last feature maps of level 0 and a class-agnostic bias for them."""
     side = model.feature_sizes[0]
@@ -242,7 +230,7 @@ def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_mo
     """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
     assert ScoreConfig().logdet is False
     trained = tiny_model.model
-    models = {logdet: _rebuilt(trained, logdet=logdet) for logdet in (False, True)}
+    models = {logdet: rebuilt(trained, logdet=logdet) for logdet in (False, True)}
     x, bias = _level_input(trained)
     with torch.inference_mode():
         z, logdet = trained.flows[0](x, trained.positions(0))
@@ -260,7 +248,7 @@ def test_likelihood_only_model_leaves_the_entropy_map_out(tiny_model):
     the likelihood map, and so the anomaly map, is what the product model's likelihood part gives."""
     trained = tiny_model.model
     assert trained.cfg.score.combine == "product" and trained.uses_entropy
-    plain = _rebuilt(trained, combine="likelihood")
+    plain = rebuilt(trained, combine="likelihood")
     assert not plain.uses_entropy
     x, bias = _level_input(trained)
     with torch.inference_mode():
@@ -324,14 +312,14 @@ def test_references_come_from_a_sample_of_positions(tiny_model, tiny_data):
     assert h * w >= 8 * per_image  # the sample is a small part of every map, as 256 of 2304 at 768 px
     # The sampling is measured on the raw likelihoods: the tiny data's 20 images per line leave the
     # standardised values' tail too heavy for 2560 sampled values to pin its 0.999 quantile to 5 %.
-    plain = _rebuilt(trained, position_stats=False)
+    plain = rebuilt(trained, position_stats=False)
     refs = []
     for p in (per_image, per_image, 0):
-        model = _rebuilt(plain, "train", positions_per_image=p)
+        model = rebuilt(plain, "train", positions_per_image=p)
         fit_references(model, feats, torch.device("cpu"))
         refs.append(model.ll_ref.clone())
     assert torch.equal(refs[0], refs[1])
-    whole = _rebuilt(trained, "train", positions_per_image=0)
+    whole = rebuilt(trained, "train", positions_per_image=0)
     fit_references(whole, feats, torch.device("cpu"))
     bias = trained.class_bias(None, n)[:, None, None, :]
     with torch.inference_mode():

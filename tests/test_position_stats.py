@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -16,7 +15,7 @@ from hgad.model import HGAD
 from hgad.model_dir import FORMAT, FORMAT_VERSION, _model_id, file_sha256, load_model
 from hgad.train import extract_features, fit_position_stats
 
-from .conftest import SIZE
+from .conftest import SIZE, rebuilt
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,7 @@ def _raw(model: HGAD, feats: torch.Tensor, line: str | None = None):
 
 
 def _refitted(trained: HGAD, feats: torch.Tensor, labels: torch.Tensor, per_line: int) -> HGAD:
-    score = dataclasses.replace(trained.cfg.score, position_stats_images=per_line)
-    model = HGAD(dataclasses.replace(trained.cfg, score=score), pretrained_backbone=False).eval()
-    model.load_state_dict(trained.state_dict())
+    model = rebuilt(trained, position_stats_images=per_line)
     fit_position_stats(model, feats, labels, torch.device("cpu"))
     return model
 
