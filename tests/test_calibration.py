@@ -272,6 +272,43 @@ def test_calibrate_cli_writes_profile_report_and_json(tiny_model_dir, normals, t
     assert sqlite3.connect(db).execute("SELECT count(*) FROM calibrations").fetchone()[0] == 2
 
 
+def test_calibrating_a_line_the_model_does_not_know_warns_and_still_calibrates(tiny_model_dir, normals, tmp_path):
+    db = tmp_path / "agent.sqlite"
+    r = hgad_cli(
+        "calibrate",
+        "--model",
+        str(tiny_model_dir),
+        "--line",
+        "bottle",
+        "--images",
+        str(normals),
+        "--far",
+        "0.05",
+        "--db",
+        str(db),
+    )
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
+    assert len(warnings) == 1 and "line bottle is not one of the model's lines (fabric, pcb)" in warnings[0]
+    assert "train a model that includes this line" in warnings[0]
+    mode = json.loads(sqlite3.connect(db).execute("SELECT payload FROM calibrations").fetchone()[0])["mode"]
+    assert mode == "class-agnostic"
+    known = hgad_cli(
+        "calibrate",
+        "--model",
+        str(tiny_model_dir),
+        "--line",
+        "fabric",
+        "--images",
+        str(normals),
+        "--far",
+        "0.05",
+        "--db",
+        str(tmp_path / "other.sqlite"),
+    )
+    assert known.returncode == 0 and "warning:" not in known.stderr
+
+
 @pytest.fixture(scope="module")
 def calibrated_db(tiny_model_dir, normals, tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "agent.sqlite"
