@@ -148,7 +148,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from calibration.calibrate import calibrate_folder, resolve_mode
+    from calibration.calibrate import calibrate_folder, resolve_mode, unknown_line_warning
     from calibration.db import open_database
     from calibration.report import write_report
     from calibration.store import ProfileStore
@@ -158,14 +158,9 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
 
     loaded = load_model(a.model)
     resolve_mode(loaded.model.classes, a.line, a.mode)  # a mode the line cannot have is the one error, not a warning
-    if a.line not in loaded.model.classes:
-        # Calibration bounds false alarms on any line, but cannot teach the model a product it never saw.
-        print(
-            f"warning: line {a.line} is not one of the model's lines ({', '.join(loaded.model.classes)}): its "
-            "threshold will hold the false-alarm rate, but a model misses many defects on a product it was not "
-            "trained on (docs/results.md, held-out lines); train a model that includes this line",
-            file=sys.stderr,
-        )
+    warning = unknown_line_warning(loaded.model.classes, a.line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     backend = TorchBackend(loaded, a.device)
     # Everything that can fail on bad input happens before the database is touched.
     result = calibrate_folder(

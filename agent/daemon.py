@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from calibration.calibrate import LiveCalibration, resolve_mode
+from calibration.calibrate import LiveCalibration, resolve_mode, unknown_line_warning
 from calibration.db import open_database
 from calibration.drift import DriftMonitor
 from calibration.profile import Profile
@@ -249,6 +249,10 @@ class Agent:
             "far": cmd.far,
             "ts": _now_iso(),
         }
+        if line not in self.loaded.model.classes:
+            log.warning(
+                "calibrating a line the model does not know", extra={"fields": {"camera": rt.name, "line": line}}
+            )
         self._publish_calibrate_state(rt)
         log.info("live calibration started", extra={"fields": {"camera": rt.name, "line": line, "frames": cmd.frames}})
 
@@ -340,10 +344,17 @@ class Agent:
     def _publish_line_state(self, rt: CameraRuntime) -> None:
         self.link.publish(self.topics.camera(rt.name, "line/state"), state_payload(**rt.line_state), qos=1, retain=True)
 
+    def _calibrate_state(self, rt: CameraRuntime) -> bytes:
+        state = rt.live_state
+        # Every report of a calibration that goes ahead on a line the model was not trained on says what
+        # that is worth (a refused command's or a failure's error needs no second message).
+        warning = unknown_line_warning(self.loaded.model.classes, state["line"]) if "line" in state else None
+        if warning and state.get("ok", True) and state.get("state") != "failed":
+            state = state | {"warning": warning}
+        return state_payload(**state)
+
     def _publish_calibrate_state(self, rt: CameraRuntime) -> None:
-        self.link.publish(
-            self.topics.camera(rt.name, "calibrate/state"), state_payload(**rt.live_state), qos=1, retain=True
-        )
+        self.link.publish(self.topics.camera(rt.name, "calibrate/state"), self._calibrate_state(rt), qos=1, retain=True)
 
     def _retained_state(self) -> list[tuple[str, bytes, int]]:
         """Called on every successful connect: what must be retained on the broker, then `online` follows."""
@@ -356,7 +367,7 @@ class Agent:
         for rt in self.runtimes:
             out.append((self.topics.camera(rt.name, "state"), self._state(rt), 0))
             out.append((self.topics.camera(rt.name, "line/state"), state_payload(**rt.line_state), 1))
-            out.append((self.topics.camera(rt.name, "calibrate/state"), state_payload(**rt.live_state), 1))
+            out.append((self.topics.camera(rt.name, "calibrate/state"), self._calibrate_state(rt), 1))
             path = heatmaps.get(rt.name)
             if path and os.path.isfile(path):
                 with contextlib.suppress(OSError):

@@ -50,6 +50,18 @@ def default_mode(loaded_classes: Sequence[str], line: str) -> str:
     return "class-aware" if line in loaded_classes else "class-agnostic"
 
 
+def unknown_line_warning(classes: Sequence[str], line: str) -> str | None:
+    """What a user calibrating a line the model was not trained on needs to know, or None for a known line.
+    A threshold holds its false-alarm rate on any line, but cannot teach the model a product it never saw."""
+    if line in classes:
+        return None
+    return (
+        f"line {line} is not one of the model's lines ({', '.join(classes)}): its threshold will hold the "
+        "false-alarm rate, but a model misses many defects on a product it was not trained on (docs/results.md, "
+        "held-out lines); train a model that includes this line"
+    )
+
+
 def resolve_mode(classes: Sequence[str], line: str, mode: str | None) -> str:
     mode = mode or default_mode(classes, line)
     if mode not in MODES:

@@ -133,6 +133,26 @@ def test_commands_switch_line_and_recalibrate_live(
             30,
             "state with the new calibration",
         )
+        assert "warning" not in state
+
+        # A changeover to a product the model was not trained on calibrates, and says what that is worth.
+        col.publish(f"{base}/calibrate/set", b'{"frames": 25, "far": 0.05, "line": "bottle"}')
+        done = col.wait_for(
+            lambda ms: any(
+                m.topic.endswith("/calibrate/state") and b'"bottle"' in m.payload and b'"done"' in m.payload for m in ms
+            ),
+            120,
+        )
+        bottle = [
+            json.loads(m.payload) for m in done if m.topic.endswith("/calibrate/state") and b'"bottle"' in m.payload
+        ]
+        assert bottle[0]["state"] == "collecting" and bottle[-1]["state"] == "done"
+        for s in bottle:
+            assert "line bottle is not one of the model's lines (fabric, pcb)" in s["warning"]
+        assert con.execute("SELECT line, version FROM calibrations WHERE active=1 ORDER BY line").fetchall() == [
+            ("bottle", 1),
+            ("fabric", 2),
+        ]
     finally:
         assert rig.stop() == 0, rig.output()
     col.wait_stopped()
