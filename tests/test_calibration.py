@@ -223,25 +223,29 @@ def _active(db):
         con.close()
 
 
-def test_calibrate_cli_writes_profile_report_and_json(tiny_model_dir, normals, tiny_data, tmp_path):
-    db = tmp_path / "agent.sqlite"
-    out = tmp_path / "cal.json"
-    r = hgad_cli(
+def _calibrate(model_dir, images, db, line: str = "fabric", *extra: str):
+    """`hgad-edge calibrate` as a user runs it, at far 0.05 (what 40 normal images allow)."""
+    return hgad_cli(
         "calibrate",
         "--model",
-        str(tiny_model_dir),
+        str(model_dir),
         "--line",
-        "fabric",
+        line,
         "--images",
-        str(normals),
+        str(images),
         "--far",
         "0.05",
         "--db",
         str(db),
-        "--json",
-        str(out),
-        "--anomalies",
-        str(tiny_data / "fabric/test/hole"),
+        *extra,
+    )
+
+
+def test_calibrate_cli_writes_profile_report_and_json(tiny_model_dir, normals, tiny_data, tmp_path):
+    db = tmp_path / "agent.sqlite"
+    out = tmp_path / "cal.json"
+    r = _calibrate(
+        tiny_model_dir, normals, db, "fabric", "--json", str(out), "--anomalies", str(tiny_data / "fabric/test/hole")
     )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
@@ -274,57 +278,21 @@ def test_calibrate_cli_writes_profile_report_and_json(tiny_model_dir, normals, t
 
 def test_calibrating_a_line_the_model_does_not_know_warns_and_still_calibrates(tiny_model_dir, normals, tmp_path):
     db = tmp_path / "agent.sqlite"
-    r = hgad_cli(
-        "calibrate",
-        "--model",
-        str(tiny_model_dir),
-        "--line",
-        "bottle",
-        "--images",
-        str(normals),
-        "--far",
-        "0.05",
-        "--db",
-        str(db),
-    )
+    r = _calibrate(tiny_model_dir, normals, db, "bottle")
     assert r.returncode == 0, r.stderr
     warnings = [ln for ln in r.stderr.splitlines() if ln.startswith("warning:")]
     assert len(warnings) == 1 and "line bottle is not one of the model's lines (fabric, pcb)" in warnings[0]
     assert "train a model that includes this line" in warnings[0]
     mode = json.loads(sqlite3.connect(db).execute("SELECT payload FROM calibrations").fetchone()[0])["mode"]
     assert mode == "class-agnostic"
-    known = hgad_cli(
-        "calibrate",
-        "--model",
-        str(tiny_model_dir),
-        "--line",
-        "fabric",
-        "--images",
-        str(normals),
-        "--far",
-        "0.05",
-        "--db",
-        str(tmp_path / "other.sqlite"),
-    )
+    known = _calibrate(tiny_model_dir, normals, tmp_path / "other.sqlite")
     assert known.returncode == 0 and "warning:" not in known.stderr
 
 
 @pytest.fixture(scope="module")
 def calibrated_db(tiny_model_dir, normals, tmp_path_factory):
     db = tmp_path_factory.mktemp("db") / "agent.sqlite"
-    ok = hgad_cli(
-        "calibrate",
-        "--model",
-        str(tiny_model_dir),
-        "--line",
-        "fabric",
-        "--images",
-        str(normals),
-        "--far",
-        "0.05",
-        "--db",
-        str(db),
-    )
+    ok = _calibrate(tiny_model_dir, normals, db)
     assert ok.returncode == 0, ok.stderr
     # One file, no WAL side files, so that a plain copy is the whole database.
     con = sqlite3.connect(db)
