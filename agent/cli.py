@@ -157,14 +157,15 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from hgad.runtime.torch_backend import TorchBackend
 
     loaded = load_model(a.model)
-    resolve_mode(loaded.model.classes, a.line, a.mode)  # a mode the line cannot have is the one error, not a warning
+    # A mode the line cannot have is the one error line, before any warning.
+    mode = resolve_mode(loaded.model.classes, a.line, a.mode)
     warning = unknown_line_warning(loaded.model.classes, a.line)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     backend = TorchBackend(loaded, a.device)
     # Everything that can fail on bad input happens before the database is touched.
     result = calibrate_folder(
-        loaded, backend, a.line, a.images, a.far, a.mode, a.confidence, anomalies=a.anomalies, progress=bar
+        loaded, backend, a.line, a.images, a.far, mode, a.confidence, anomalies=a.anomalies, progress=bar
     )
     store = ProfileStore(open_database(a.db))
     previous = store.active(a.line)
