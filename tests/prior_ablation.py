@@ -30,7 +30,7 @@ from hgad.features import fit_standardisation
 from hgad.memory import keep_freed_memory
 from hgad.metrics import auroc
 from hgad.model import HGAD
-from hgad.scoring import GaussianBlur, anomaly_from_levels
+from hgad.scoring import GaussianBlur, anomaly_from_levels, image_score
 from hgad.train import extract_features, fit_flows, fit_position_stats, fit_references
 
 MAP_SIZE = 256
@@ -68,16 +68,26 @@ def score_test(model: HGAD, test_features: list[torch.Tensor], batch: int = 16) 
         feats = [model.levels.standardised(level, f[i : i + batch].float()) for level, f in enumerate(test_features)]
         lls, _ = model.forward_levels(feats, model.class_bias(None, feats[0].shape[0]))
         amap = blur(anomaly_from_levels(lls, model.ll_ref, MAP_SIZE))
-        scores.append(amap.flatten(1).amax(dim=1).numpy())
+        scores.append(image_score(amap, model.cfg.score).numpy())
         maps.append(amap.numpy())
     return np.concatenate(scores), np.concatenate(maps)
+
+
+def run_spec(value: str) -> tuple[str, int, int]:
+    """PRIOR:EPOCHS:SEED, e.g. hgad:12:0."""
+    parts = value.split(":")
+    if len(parts) != 3 or parts[0] not in ("hgad", "single") or not all(p.isdigit() for p in parts[1:]):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not PRIOR:EPOCHS:SEED with PRIOR hgad or single, e.g. hgad:12:0"
+        )
+    return parts[0], int(parts[1]), int(parts[2])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
     ap.add_argument("cache", type=Path)
-    ap.add_argument("runs", nargs="+", help="PRIOR:EPOCHS:SEED, e.g. hgad:12:0")
+    ap.add_argument("runs", nargs="+", type=run_spec, help="PRIOR:EPOCHS:SEED, e.g. hgad:12:0")
     a = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(2)
@@ -88,9 +98,8 @@ def main() -> None:
     line = np.array([s.class_name for s in test])
     anomalous = np.array([s.label for s in test], dtype=bool)
     masks = np.stack([read_mask(s.mask, MAP_SIZE) for s in test])
-    for run in a.runs:
-        prior, epochs, seed = run.split(":")
-        model = build(classes, prior, int(epochs), int(seed))
+    for prior, epochs, seed in a.runs:
+        model = build(classes, prior, epochs, seed)
         features = [f.clone() for f in cache["train"]]  # standardised in place below
         fit_standardisation(model.levels, features)
         start = time.perf_counter()
@@ -105,8 +114,8 @@ def main() -> None:
             json.dumps(
                 {
                     "prior": prior,
-                    "epochs": int(epochs),
-                    "seed": int(seed),
+                    "epochs": epochs,
+                    "seed": seed,
                     "flow_seconds": round(seconds),
                     "image_auroc": round(float(np.mean(list(image.values()))), 4),
                     "pixel_auroc": round(float(np.mean(list(pixel.values()))), 4),
