@@ -68,7 +68,10 @@ def save_model(model: HGAD, out: Path, training: dict[str, Any] | None = None) -
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS
     tmp = weights.with_suffix(".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    # One metadata key: safetensors writes the metadata map in hash order, which varies from run to run, so
+    # two keys made the same model's file, and with it the model id, differ between saves. The format
+    # version lives in model.json, which is what loading checks.
+    save_file(state, str(tmp), metadata={"format": FORMAT})
     tmp.replace(weights)
     config = model.cfg.to_dict()
     norm = normalisation_of(model)

@@ -14,7 +14,7 @@ from hgad.data.datasets import load_split
 from hgad.data.images import read_image
 from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
 from hgad.model import HGAD
-from hgad.model_dir import _model_id, load_model
+from hgad.model_dir import _model_id, load_model, save_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
 from hgad.train import class_balanced_draws, extract_features, fit_flows, fit_references, train
@@ -90,6 +90,14 @@ def test_roundtrip_keeps_scores_and_id(tiny_model, tiny_model_dir):
         a = tiny_model.model(x, tiny_model.model.class_bias(None, 2))[1]
         b = again.model(x, again.model.class_bias(None, 2))[1]
     assert torch.equal(a, b)
+
+
+def test_the_same_model_saved_again_keeps_its_id(tiny_model, tmp_path):
+    """The id is a content hash: profiles and engines are keyed by it, so retraining the same model with the
+    same data and seed, or saving it again, must not orphan them (the file's header once varied run to run)."""
+    ids = {save_model(tiny_model.model, tmp_path / f"m{i}") for i in range(6)}
+    assert ids == {tiny_model.model_id}
+    assert len({(tmp_path / f"m{i}" / "model.safetensors").read_bytes() for i in range(6)}) == 1
 
 
 def _copy(src, dst):
