@@ -92,6 +92,8 @@ class FolderCapture:
         while self.pos < len(self.files):
             f = self.files[self.pos]
             self.pos += 1
+            if not f.is_file():
+                continue  # removed since the folder was listed: gone, not corrupt (and OpenCV would warn)
             img = cv2.imread(str(f), cv2.IMREAD_COLOR)
             if img is not None:
                 return True, img

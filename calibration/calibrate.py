@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from hgad.data.datasets import load_folder
+from hgad.data.images import read_image
 from hgad.errors import BadInputError, DataError
 from hgad.memory import frames_per_batch
 from hgad.model_dir import LoadedModel, normalisation_of
@@ -181,10 +182,7 @@ def calibrate_folder(
     result = CalibrationResult(profile, scored)
     if anomalies is not None:
         apaths = [s.path for s in load_folder(anomalies)]
-        aframes = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in apaths]
-        bad = [p for p, f in zip(apaths, aframes, strict=True) if f is None]
-        if bad:
-            raise DataError(f"{bad[0]}: not a readable image")
+        aframes = [read_image(p) for p in apaths]
         a = score_frames(backend, aframes, class_line, [p.name for p in apaths], progress=progress, desc="anomalies")
         result.anomaly_scores = a.scores
         result.recall = float(np.mean(a.scores > profile.threshold))

@@ -288,6 +288,22 @@ def test_damaged_model_is_one_clear_error(damage, tmp_path, tiny_model_dir, cali
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
+def test_dataset_naming_a_missing_image_is_one_clear_error(tmp_path, tiny_model_dir, tiny_data):
+    """A VisA split file that lists an image no longer on disk: one line naming it (OpenCV says nothing)."""
+    rows = ["object,split,label,image,mask"]
+    for cls in ("fabric", "pcb"):
+        for split in ("train", "test"):
+            sub = "train/good" if split == "train" else "test/good"
+            for p in sorted((tiny_data / cls / sub).iterdir())[:3]:
+                rows.append(f"{cls},{split},normal,{p},")
+    rows.append(f"pcb,test,anomaly,{tmp_path / 'gone.png'},")
+    (tmp_path / "split_csv").mkdir()
+    (tmp_path / "split_csv" / "1cls.csv").write_text("\n".join(rows) + "\n")
+    r = hgad_cli("eval", "--model", str(tiny_model_dir), "--data", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [f"hgad-edge: error: {tmp_path / 'gone.png'}: no such image file"]
+
+
 def test_disk_nearly_full_frees_space_oldest_first(tmp_path):
     """Real free space against a floor set just above it: deleting the oldest heatmaps makes room."""
     from .test_agent_units import _record

@@ -34,10 +34,11 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
 
 def read_image(path: Path, size: int | None = None) -> np.ndarray:
     """BGR uint8 [H, W, 3]; grey images are expanded to three channels; resized to `size` if given."""
+    # Checked first: OpenCV prints its own warning to stderr for a missing file, a second line beside ours.
+    if not path.is_file():
+        raise DataError(f"{path}: no such image file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
-        if not path.exists():
-            raise DataError(f"{path}: no such image file")
         raise DataError(f"{path}: not a readable image (use one of {', '.join(IMAGE_EXTENSIONS)})")
     return resize_square(image, size) if size else image
 
@@ -46,6 +47,8 @@ def read_mask(path: Path | None, size: int) -> np.ndarray:
     """Boolean [size, size]; any non-zero pixel is anomalous. No path means an all-normal mask."""
     if path is None:
         return np.zeros((size, size), dtype=bool)
+    if not path.is_file():
+        raise DataError(f"{path}: no such mask file")
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise DataError(f"{path}: not a readable mask image")
