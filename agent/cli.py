@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,6 +61,29 @@ def _positive(value: str) -> int:
     return v
 
 
+def _output_dir(path: Path, flag: str) -> Path:
+    """Create an output folder now: a mistyped or read-only path must fail before minutes of training or
+    scoring, not after them with the work lost."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise BadInputError(f"{flag}: {path} exists and is not a directory; give a folder") from None
+    except OSError as exc:
+        raise BadInputError(f"{flag}: cannot create {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag}: {path} is not writable by this user")
+    return path
+
+
+def _output_file(path: Path | None, flag: str) -> None:
+    """Check up front that `path` can be written (its folder is created), for the same reason."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise BadInputError(f"{flag}: {path} is a directory; give a file name, e.g. {path / 'out.json'}")
+    _output_dir(path.parent, flag)
+
+
 def _write_json(path: Path | None, data: dict) -> None:
     if path is None:
         return
@@ -77,6 +101,7 @@ def cmd_synth(a: argparse.Namespace) -> int:
     from hgad.data.synth import SynthSpec, write_dataset
     from hgad.progress import bar
 
+    _output_dir(a.out, "synth OUT")
     names = write_dataset(a.out, SynthSpec(a.classes, a.train, a.test, a.size, a.seed), progress=bar)
     print(f"wrote {len(names)} lines ({', '.join(names)}) to {a.out}")
     return EXIT_OK
@@ -92,6 +117,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     device = resolve_device(a.device)
     classes = select_classes(a.data, a.classes)
+    _output_dir(a.out, "--out")
     kwargs = {"name": a.backbone, "weights": str(a.weights) if a.weights else None}
     train_kwargs = {"seed": a.seed} | ({"epochs": a.epochs} if a.epochs else {})
     size = {"image_size": a.image_size} if a.image_size else {}
@@ -140,6 +166,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     device = resolve_device(a.device)
     loaded = load_model(a.model, device)
+    _output_file(a.json, "--json")
     result = evaluate(loaded.model, a.data, a.classes, a.class_aware, device, progress=bar)
     result["model_id"] = loaded.model_id
     _print_eval(result)
@@ -163,6 +190,10 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     backend = TorchBackend(loaded, a.device)
+    _output_file(a.db, "--db")
+    _output_file(a.json, "--json")
+    if a.report is not None:
+        _output_dir(a.report, "--report")
     # Everything that can fail on bad input happens before the database is touched.
     result = calibrate_folder(
         loaded, backend, a.line, a.images, a.far, mode, a.confidence, anomalies=a.anomalies, progress=bar
@@ -215,6 +246,7 @@ def cmd_export(a: argparse.Namespace) -> int:
     from hgad.runtime.export import export_tensorrt, export_torch
 
     loaded = load_model(a.model)
+    _output_file(a.out, "--out")
     if a.backend == "torch":
         if a.precision not in (None, "fp32"):
             raise BadInputError(f"--precision {a.precision}: the torch export is fp32; use --backend tensorrt")
@@ -240,6 +272,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     if a.model is None and not a.demo:
         raise BadInputError("bench: give --model MODEL_DIR, or --demo for the demo's model")
+    _output_file(a.json, "--json")
     if a.demo:
         from .demo import DemoSpec, agent_bench, prepare_model
 

@@ -310,6 +310,8 @@ def calibrated_db(tiny_model_dir, normals, tmp_path_factory):
         ("grey", "channel"),
         ("far_too_low", "at least 99 normal images"),
         ("unknown_line_aware", "class-aware scoring needs one of the model's classes"),
+        ("report_is_a_file", "--report: "),
+        ("json_is_a_folder", "--json: "),
     ],
 )
 def test_calibrate_bad_input_changes_nothing(case, expect, tiny_model_dir, normals, calibrated_db, tmp_path):
@@ -334,6 +336,11 @@ def test_calibrate_bad_input_changes_nothing(case, expect, tiny_model_dir, norma
         args = ["--line", "fabric", "--far", "0.01"]
     elif case == "unknown_line_aware":
         args = ["--line", "bottle", "--mode", "class-aware"]
+    elif case == "report_is_a_file":
+        (tmp_path / "report").write_text("not a folder")
+        args += ["--report", str(tmp_path / "report")]
+    elif case == "json_is_a_folder":
+        args += ["--json", str(folder)]
     r = hgad_cli("calibrate", "--model", str(tiny_model_dir), "--images", str(folder), "--db", str(db), *args)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln]

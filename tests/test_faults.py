@@ -288,6 +288,26 @@ def test_damaged_model_is_one_clear_error(damage, tmp_path, tiny_model_dir, cali
     assert r.returncode == 2 and r.stderr.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "synth", "bench"])
+def test_an_output_path_that_cannot_be_written_fails_before_the_work(command, tmp_path, tiny_model_dir, tiny_data):
+    """A file where a folder is wanted (or the reverse) is refused up front, not after minutes of work."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("in the way")
+    args = {
+        "train": ["train", "--data", str(tiny_data), "--out", str(blocker / "model"), "--epochs", "1"],
+        "eval": ["eval", "--model", str(tiny_model_dir), "--data", str(tiny_data), "--json", str(tmp_path)],
+        "synth": ["synth", str(blocker), "--classes", "1", "--train", "1", "--test", "1", "--size", "64"],
+        "bench": ["bench", "--model", str(tiny_model_dir), "--backend", "torch", "--json", str(blocker / "b.json")],
+    }[command]
+    r = hgad_cli(*args)
+    assert r.returncode == 2, r.stderr
+    # One line, and no sign of work started: no "training ..." line, no progress, no results table.
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith("hgad-edge: error: "), r.stderr
+    assert str(blocker if command != "eval" else tmp_path) in r.stderr
+    assert r.stdout == ""
+    assert blocker.read_text() == "in the way"
+
+
 def test_dataset_naming_a_missing_image_is_one_clear_error(tmp_path, tiny_model_dir, tiny_data):
     """A VisA split file that lists an image no longer on disk: one line naming it (OpenCV says nothing)."""
     rows = ["object,split,label,image,mask"]
