@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .data.datasets import Sample, load_split
+from .data.datasets import Sample, available_classes, load_split
 from .data.images import read_mask
 from .errors import DataError
 from .memory import frames_per_batch
@@ -16,6 +17,8 @@ from .metrics import aupro, auroc
 from .model import HGAD
 from .progress import Progress, quiet
 from .train import load_batches
+
+log = logging.getLogger(__name__)
 
 MODES = ("class-agnostic", "class-aware")
 
@@ -58,6 +61,15 @@ def evaluate(
     """The `eval` JSON: {"classes": {NAME: {image_auroc, pixel_auroc, aupro, ...}}, "mean": {...}, "mode"}."""
     device = torch.device(device)
     chosen = classes or list(model.classes)
+    if not classes:
+        have = available_classes(data)
+        missing = [c for c in chosen if c not in have]
+        if missing:
+            # Named here: select_classes would blame a --classes flag the user did not give.
+            raise DataError(
+                f"{data}: the model's line(s) {', '.join(missing)} are not in this dataset "
+                f"(it has {', '.join(have) or 'none'}); choose lines with --classes"
+            )
     if class_aware:
         unknown = [c for c in chosen if c not in model.classes]
         if unknown:
@@ -81,13 +93,25 @@ def evaluate(
             desc=f"score {cls}",
         )
         labels = np.array([s.label for s in subset], dtype=bool)
-        masks = np.stack([read_mask(s.mask, size) for s in subset])
+        # An anomalous image without a ground-truth mask says nothing about which of its pixels are
+        # anomalous: read as all-normal it would count its defect's pixels as false alarms. It counts for
+        # the image AUROC only.
+        has_truth = np.array([not s.label or s.mask is not None for s in subset], dtype=bool)
+        masks = np.stack([read_mask(s.mask, size) for s, ok in zip(subset, has_truth, strict=True) if ok])
+        maps = scored.maps[has_truth]
+        n_without = int((~has_truth).sum())
+        if n_without:
+            log.warning(
+                "anomalous test images without a mask",
+                extra={"fields": {"line": cls, "images": n_without, "pixel_metrics": "leave them out"}},
+            )
         results[cls] = {
             "image_auroc": auroc(labels, scored.scores),
-            "pixel_auroc": auroc(masks, scored.maps),
-            "aupro": aupro(masks, scored.maps),
+            "pixel_auroc": auroc(masks, maps),
+            "aupro": aupro(masks, maps),
             "n_normal": int((~labels).sum()),
             "n_anomalous": int(labels.sum()),
+            "n_without_mask": n_without,
         }
     keys = ("image_auroc", "pixel_auroc", "aupro")
     mean = {k: float(np.nanmean([r[k] for r in results.values()])) for k in keys}

@@ -292,6 +292,37 @@ def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_dat
     assert all(0.0 <= result["classes"][c]["image_auroc"] <= 1.0 for c in classes)
 
 
+def test_anomalous_images_without_a_mask_are_left_out_of_the_pixel_metrics(tiny_model, tiny_data, tmp_path):
+    """A dataset labelled only at image level for some defects: their pixels are unknown, not normal. The
+    pixel metrics must equal those of the same dataset without those images; the image AUROC keeps them."""
+    from hgad.evaluate import evaluate
+
+    no_masks, without = tmp_path / "no-masks", tmp_path / "without"
+    for root in (no_masks, without):
+        shutil.copytree(tiny_data, root)
+    dropped = ("hole", "scratch")
+    for defect in dropped:
+        shutil.rmtree(no_masks / "fabric" / "ground_truth" / defect)
+        shutil.rmtree(without / "fabric" / "test" / defect)
+    n_dropped = sum(len(list((tiny_data / "fabric" / "test" / d).iterdir())) for d in dropped)
+    assert n_dropped > 0
+    a = evaluate(tiny_model.model, no_masks, ["fabric"])["classes"]["fabric"]
+    b = evaluate(tiny_model.model, without, ["fabric"])["classes"]["fabric"]
+    assert a["n_without_mask"] == n_dropped and b["n_without_mask"] == 0
+    assert a["n_anomalous"] == b["n_anomalous"] + n_dropped
+    assert a["pixel_auroc"] == pytest.approx(b["pixel_auroc"], abs=1e-12)
+    assert a["aupro"] == pytest.approx(b["aupro"], abs=1e-12)
+
+
+def test_evaluating_a_dataset_without_the_models_lines_names_them(tiny_model, tiny_data, tmp_path):
+    from hgad.evaluate import evaluate
+
+    shutil.copytree(tiny_data / "fabric", tmp_path / "fabric")
+    with pytest.raises(DataError, match=r"the model's line\(s\) pcb are not in this dataset \(it has fabric\)"):
+        evaluate(tiny_model.model, tmp_path)
+    assert set(evaluate(tiny_model.model, tmp_path, ["fabric"])["classes"]) == {"fabric"}
+
+
 def test_references_come_from_a_sample_of_positions(tiny_model, tiny_data):
     """fit_references scores `positions_per_image` positions of each training image, not whole maps (at
     768 px that was 4 of 21 training minutes): sampled positions score exactly as in the whole map, the
