@@ -12,7 +12,7 @@ import pytest
 from hgad.data.datasets import detect_layout, load_folder, load_split, select_classes
 from hgad.data.images import read_image, read_mask
 from hgad.data.synth import DEFECTS, SynthSpec, write_dataset
-from hgad.errors import DataError
+from hgad.errors import BadInputError, DataError
 from hgad.metrics import aupro, auroc
 
 
@@ -105,6 +105,20 @@ def test_synth_is_reproducible(tmp_path):
     for p in sorted((tmp_path / "a").rglob("*.png")):
         q = tmp_path / "b" / p.relative_to(tmp_path / "a")
         assert p.read_bytes() == q.read_bytes()
+
+
+def test_synth_over_an_earlier_dataset_replaces_it_and_refuses_other_folders(tmp_path):
+    out = tmp_path / "data"
+    write_dataset(out, SynthSpec(classes=3, train=6, test=4, size=64, seed=1))
+    names = write_dataset(out, SynthSpec(classes=2, train=3, test=4, size=64, seed=1))
+    # Nothing of the larger run is left: not its third line, not its extra training images.
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "synth.json"])
+    assert len(load_split(out, "train")) == 2 * 3
+    other = tmp_path / "photos"
+    _img(other / "keep.png")
+    with pytest.raises(BadInputError, match="not empty and holds no earlier synth dataset"):
+        write_dataset(other, SynthSpec(classes=1, train=1, test=2, size=64))
+    assert [p.name for p in other.iterdir()] == ["keep.png"]
 
 
 def test_synth_defects_change_the_image_where_the_mask_says(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -475,12 +476,37 @@ def render_defective(name: str, style: Style, seed: int, size: int, kind: str) -
     return _to_u8(out), mask
 
 
+def _clear_earlier_dataset(out: Path) -> None:
+    """Writing over an earlier synth dataset replaces it whole: written file by file, a smaller spec would
+    leave the earlier run's extra images and lines behind, mixed into the new one. Any other content is
+    not ours to delete, so a folder holding it is refused."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BadInputError(f"synth: {out} exists and is not a directory; give a new or empty folder")
+    if not any(out.iterdir()):
+        return
+    try:
+        earlier = json.loads((out / "synth.json").read_text())
+        lines = [str(n) for n in earlier["classes"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BadInputError(
+            f"synth: {out} is not empty and holds no earlier synth dataset (no readable synth.json); "
+            "give a new or empty folder"
+        ) from None
+    for name in lines:
+        if name and "/" not in name and name not in (".", ".."):
+            shutil.rmtree(out / name, ignore_errors=True)
+    (out / "synth.json").unlink()
+
+
 def write_dataset(out: Path, spec: SynthSpec, progress: Callable | None = None) -> list[str]:
     """Write the dataset under `out` (MVTec AD layout); returns the line names."""
     if spec.classes < 1 or spec.train < 1 or spec.test < 2:
         raise BadInputError("synth: --classes and --train must be >= 1 and --test >= 2")
     if spec.size < 64 or spec.size % 32:
         raise BadInputError(f"synth: --size {spec.size} is not valid; use a multiple of 32, at least 64")
+    _clear_earlier_dataset(out)
     names = line_names(spec.classes)
     jobs = []
     for ci, name in enumerate(names):
