@@ -191,6 +191,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     backend = TorchBackend(loaded, a.device)
     _output_file(a.db, "--db")
+    if a.db.is_file():
+        open_database(a.db).dispose()  # a file that is not a database fails now, not after the scoring
     _output_file(a.json, "--json")
     if a.report is not None:
         _output_dir(a.report, "--report")

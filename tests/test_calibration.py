@@ -312,6 +312,7 @@ def calibrated_db(tiny_model_dir, normals, tmp_path_factory):
         ("unknown_line_aware", "class-aware scoring needs one of the model's classes"),
         ("report_is_a_file", "--report: "),
         ("json_is_a_folder", "--json: "),
+        ("db_not_a_database", "is not an SQLite database"),
     ],
 )
 def test_calibrate_bad_input_changes_nothing(case, expect, tiny_model_dir, normals, calibrated_db, tmp_path):
@@ -341,9 +342,15 @@ def test_calibrate_bad_input_changes_nothing(case, expect, tiny_model_dir, norma
         args += ["--report", str(tmp_path / "report")]
     elif case == "json_is_a_folder":
         args += ["--json", str(folder)]
+    elif case == "db_not_a_database":
+        db = tmp_path / "notes.txt"
+        db.write_text("a line engineer's notes, not a database\n" * 200)
     r = hgad_cli("calibrate", "--model", str(tiny_model_dir), "--images", str(folder), "--db", str(db), *args)
     assert r.returncode == 2, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln]
     assert len(lines) == 1 and expect in lines[0], r.stderr
     assert "Traceback" not in r.stderr
+    if case == "db_not_a_database":
+        assert db.read_text().startswith("a line engineer's notes")
+        return
     assert _active(db) == before
