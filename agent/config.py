@@ -254,6 +254,14 @@ def _check(cfg: AgentConfig, source: str, base: Path) -> None:
         bad("backend", f"{cfg.backend!r} is not one of auto, torch, tensorrt")
     if cfg.precision not in (None, "fp32", "fp16", "int8"):
         bad("precision", f"{cfg.precision!r} is not one of fp32, fp16, int8")
+    # Checked here so that the error names this file's key, not a command-line flag (torch is imported
+    # only now: parsing a config should not need it otherwise).
+    from hgad.runtime.torch_backend import resolve_device
+
+    try:
+        resolve_device(cfg.device, what=f"{source}: device")
+    except BadInputError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.batch < 1 or cfg.batch > 64:
         bad("batch", f"{cfg.batch} must be between 1 and 64")
     if cfg.log_level not in LOG_LEVELS:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from agent.config import ConfigError, load_config, parse_config
@@ -100,7 +101,10 @@ BAD = [
     ("log_level", lambda c: c.update(log_level="loud"), "log_level: 'loud' is not one of"),
     ("device_id", lambda c: c.update(device_id="line 3"), "device_id: 'line 3' must be"),
     ("section_not_mapping", lambda c: c.update(health=[1, 2]), "health: expected a mapping"),
+    ("device_name", lambda c: c.update(device="gpu0"), "device: 'gpu0' is not a device; use cpu, cuda"),
 ]
+if not torch.cuda.is_available():
+    BAD.append(("device_cuda", lambda c: c.update(device="cuda"), "device: cuda was asked for but CUDA is not"))
 
 
 @pytest.mark.parametrize(("name", "mutate", "expect"), BAD, ids=[b[0] for b in BAD])

@@ -14,15 +14,16 @@ from ..scoring import image_score
 from .backend import Backend, BackendInfo, Inference
 
 
-def resolve_device(device: str) -> torch.device:
+def resolve_device(device: str, what: str = "--device") -> torch.device:
+    """`what` names where the value came from in the error: the flag, or a config file's key."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise BadInputError(f"--device: {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+        raise BadInputError(f"{what}: {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError(f"--device: {device} was asked for but CUDA is not available here; use cpu or auto")
+        raise BadInputError(f"{what}: {device} was asked for but CUDA is not available here; use cpu or auto")
     return dev
 
 
