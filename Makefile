@@ -1,12 +1,13 @@
 # Each target sets itself up: a .venv is created and the project installed into it when missing
-# or when pyproject.toml changed. Mosquitto (broker for tests and the demo) comes from apt if absent.
+# or when pyproject.toml changed. What the tests use from Debian (Mosquitto, systemd-analyze) comes from apt
+# when absent.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BENCH_JSON ?= bench-out/bench.json
+BENCH_OUT ?= bench-out
 
-.PHONY: all setup test demo bench lint fmt mosquitto clean
+.PHONY: all setup test demo bench lint fmt debian-packages mosquitto clean
 
 all: test
 
@@ -18,20 +19,25 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) mosquitto
 
+# The broker the demo and the agent talk to.
 mosquitto:
-	@command -v mosquitto >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v mosquitto >/dev/null 2>&1 || { \
-	  echo "mosquitto not found: installing it with apt"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto mosquitto-clients; }
+	@PATH="$$PATH:/usr/sbin" .ci/apt-install mosquitto:mosquitto mosquitto_sub:mosquitto-clients
 
-test: setup
+# Everything the tests use from Debian: the broker, systemd-analyze for the unit file, and a headless
+# Chromium with its driver for the console's browser tests (no browser is ever downloaded).
+debian-packages: mosquitto
+	@PATH="$$PATH:/usr/sbin" .ci/apt-install systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
+
+test: $(STAMP) debian-packages
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m pytest -q
 
 demo: setup
 	PATH="$$PATH:/usr/sbin" $(BIN)/hgad-edge demo
 
-bench: setup
-	PATH="$$PATH:/usr/sbin" $(BIN)/hgad-edge bench --demo --json $(BENCH_JSON)
+# The demo's model and the default recipe, torch and onnxruntime, the bare model and the agent, into
+# $(BENCH_OUT)/*.json and the table $(BENCH_OUT)/summary.md.
+bench: $(STAMP) debian-packages
+	PATH="$$PATH:/usr/sbin" $(BIN)/python -m benchmarks.bench_all $(BENCH_OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

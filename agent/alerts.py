@@ -1,26 +1,34 @@
 """From a decision's AlertEvent to what is stored and published: JSON payload, regions, heatmap JPEG.
 
-Rendering (regions, overlay, JPEG) runs on the writer thread, not on the inference loop.
+`AlertEmitter` hands each event to the writer thread, where `render` finds the regions, draws the heatmap and
+builds the event row and the outbox messages: none of that runs on the inference loop.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
+
 from calibration.profile import Profile
-from hgad.maps import encode_jpeg, find_regions, overlay
+from hgad.maps import Region, encode_jpeg, find_regions, overlay
 
+from .camera_runtime import CameraRuntime
 from .decision import AlertEvent
+from .health import StageTimes
+from .messages import iso
 from .mqtt import Topics
-from .store import AlertRecord, event_values
+from .store import AlertRecord, Writer, event_values
 
+log = logging.getLogger(__name__)
 
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+# The frame an alert shows, kept whole for the console and as a normal sample if it was a false alarm.
+FRAME_MAX_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,20 +42,23 @@ class AlertContext:
     heatmap_max_bytes: int
 
 
-def render(ctx: AlertContext, ev: AlertEvent, created_mono: float) -> AlertRecord:
-    """Build the alert's payload, heatmap and event-row values (writer thread)."""
-    obs = ev.observation
-    image, amap = obs.payload if obs.payload is not None else (None, None)
+def _regions_and_images(ctx: AlertContext, ev: AlertEvent) -> tuple[list[Region], bytes | None, bytes | None]:
+    """The regions, the heatmap JPEG and the frame itself (kept: marked a false alarm, it becomes a normal
+    sample of its line)."""
+    image, amap = ev.observation.payload if ev.observation.payload is not None else (None, None)
+    if image is None or amap is None:
+        return [], None, None
     p = ctx.profile
-    regions = []
-    jpeg = None
-    if image is not None and amap is not None:
-        regs = find_regions(amap, p.pixel_threshold, p.threshold, image.shape[:2], ctx.max_regions)
-        regions = [r.to_dict() for r in regs]
-        if ev.type != "end":
-            jpeg = encode_jpeg(overlay(image, amap, p.pixel_threshold, p.threshold, regs), ctx.heatmap_max_bytes)
-    heatmap_topic = ctx.topics.camera(ctx.camera, "heatmap")
-    now = time.time()
+    regions = find_regions(np.asarray(amap), p.pixel_threshold, p.threshold, image.shape[:2], ctx.max_regions)
+    if ev.type == "end":
+        return regions, None, None
+    heatmap = encode_jpeg(overlay(image, amap, p.pixel_threshold, p.threshold, regions), ctx.heatmap_max_bytes)
+    return regions, heatmap, encode_jpeg(image, FRAME_MAX_BYTES, max_side=4096)
+
+
+def alert_payload(ctx: AlertContext, ev: AlertEvent, regions: list[dict], created_mono: float, now: float) -> dict:
+    """The MQTT alert message (README, "MQTT": the same keys for new and update; end adds two)."""
+    obs, p = ev.observation, ctx.profile
     payload: dict[str, Any] = {
         "event_id": ev.event_id,
         "type": ev.type,
@@ -69,16 +80,18 @@ def render(ctx: AlertContext, ev: AlertEvent, created_mono: float) -> AlertRecor
         "anomalous_frames": ev.anomalous_frames,
         "started": iso(ev.started),
         "regions": regions,
-        "heatmap_topic": heatmap_topic,
+        "heatmap_topic": ctx.topics.camera(ctx.camera, "heatmap"),
         "latency_ms": round((created_mono - obs.captured_mono) * 1000.0, 2),
     }
     if ev.type == "end":
         payload["duration_s"] = round(now - ev.started, 3)
         payload["reason"] = ev.reason
-    messages = [(ctx.topics.camera(ctx.camera, "alert"), json.dumps(payload).encode(), 1, False, "alert")]
-    if jpeg is not None:
-        messages.append((heatmap_topic, jpeg, 1, True, "heatmap"))
-    row = event_values(
+    return payload
+
+
+def _event_row(ctx: AlertContext, ev: AlertEvent, payload: dict, now: float) -> dict[str, Any]:
+    obs, p = ev.observation, ctx.profile
+    return event_values(
         event_id=ev.event_id,
         camera=ctx.camera,
         line=p.line,
@@ -95,13 +108,69 @@ def render(ctx: AlertContext, ev: AlertEvent, created_mono: float) -> AlertRecor
         peak_score=float(ev.peak_score),
         threshold=float(p.threshold),
         p_value=float(obs.p_value),
-        regions=regions,
+        regions=payload["regions"],
         messages=ev.seq + 1,
         end_reason=ev.reason or None,
         latency_ms=payload["latency_ms"],
     )
-    return AlertRecord(row, jpeg, messages, obs.captured_mono)
 
 
-def state_payload(**fields: Any) -> bytes:
-    return json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in fields.items()}).encode()
+def render(ctx: AlertContext, ev: AlertEvent, created_mono: float) -> AlertRecord:
+    """The alert's payload, heatmap, event-row values and outbox messages (writer thread)."""
+    regions, jpeg, frame = _regions_and_images(ctx, ev)
+    now = time.time()
+    payload = alert_payload(ctx, ev, [r.to_dict() for r in regions], created_mono, now)
+    text = json.dumps(payload)
+    messages = [(ctx.topics.camera(ctx.camera, "alert"), text.encode(), 1, False, "alert")]
+    if jpeg is not None:
+        messages.append((payload["heatmap_topic"], jpeg, 1, True, "heatmap"))
+    row = _event_row(ctx, ev, payload, now) | {
+        "payload": text,
+        "scores": json.dumps([[i, round(s, 6)] for i, s in ev.scores]),
+    }
+    return AlertRecord(row, jpeg, messages, ev.observation.captured_mono, frame)
+
+
+class AlertEmitter:
+    """Hands every alert event of every camera to the writer, and counts it."""
+
+    def __init__(
+        self,
+        device: str,
+        model_id: str,
+        topics: Topics,
+        max_regions: int,
+        heatmap_max_kb: int,
+        writer: Writer,
+        record: Callable[[AlertRecord], list[int]],
+        stored: Callable[[list[int]], None],
+        counted: Callable[[str, str], None] = lambda camera, kind: None,
+        stages: StageTimes | None = None,
+    ):
+        self.stages = stages or StageTimes()
+        self.device, self.model_id, self.topics = device, model_id, topics
+        self.max_regions = max_regions
+        # MQTT payloads stay within 256 KB whatever the configured size.
+        self.heatmap_max_bytes = min(heatmap_max_kb, 256) * 1024
+        self.writer, self.record, self.stored, self.counted = writer, record, stored, counted
+
+    def emit(self, rt: CameraRuntime, ev: AlertEvent, created_mono: float) -> None:
+        ctx = AlertContext(
+            self.device, rt.name, self.model_id, rt.profile, self.topics, self.max_regions, self.heatmap_max_bytes
+        )
+        self.writer.submit(lambda: self.record(self._render(ctx, ev, created_mono)), self.stored)
+        self.counted(rt.name, ev.type)
+        fields = {"camera": rt.name, "type": ev.type, "event_id": ev.event_id, "score": round(ev.observation.score, 5)}
+        log.info("alert", extra={"fields": fields | {"frame": ev.observation.frame_index}})
+
+    def _render(self, ctx: AlertContext, ev: AlertEvent, created_mono: float) -> AlertRecord:
+        t0 = time.monotonic()
+        record = render(ctx, ev, created_mono)
+        self.stages.add("render", (time.monotonic() - t0) * 1000.0)
+        return record
+
+    def close(self, rt: CameraRuntime, reason: str) -> None:
+        """End the camera's open alert, if any (a line change, a recalibration, a stop)."""
+        ev = rt.hysteresis.close(reason)
+        if ev is not None:
+            self.emit(rt, ev, time.monotonic())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -20,23 +21,33 @@ import cv2
 import numpy as np
 
 from hgad.data.images import IMAGE_EXTENSIONS
+from hgad.runtime.preprocess import to_batch
 
 from .config import CameraConfig
-from .health import Rate
+from .health import Rate, StageTimes
 
 log = logging.getLogger(__name__)
 
 # Read attempts that fail in a row before a source counts as lost and is reopened.
 MAX_BAD_READS = 10
+# A source that stays unreachable at the longest backoff is reported again every this many attempts.
+REMIND_EVERY = 10
+END_OF_RECORDING = "end of recording"
+
+
+def masked(source: str) -> str:
+    """The source as it may be logged: a password in a URL becomes ***."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", source)
 
 
 @dataclass
 class Frame:
     camera: str
     index: int  # position in the source (frame number of a file, count of frames read otherwise)
-    image: np.ndarray  # BGR uint8
+    image: np.ndarray  # BGR uint8, as the camera gave it: regions and heatmaps are drawn on it
     captured: float  # wall clock (epoch seconds)
     captured_mono: float  # monotonic clock, for latencies
+    model_input: np.ndarray | None = None  # the frame at the model's input size, resized on this thread
 
 
 @dataclass
@@ -59,21 +70,6 @@ def gstreamer_available() -> bool:
         return bool(cv2.videoio_registry.hasBackend(cv2.CAP_GSTREAMER))
     except AttributeError:  # pragma: no cover - very old OpenCV
         return "GStreamer:                   YES" in cv2.getBuildInformation()
-
-
-def source_type(cfg: CameraConfig) -> str:
-    if cfg.type != "auto":
-        return cfg.type
-    s = cfg.source.strip()
-    if s.isdigit():
-        return "device"
-    if "://" in s:
-        return "url"
-    if "!" in s:
-        return "gstreamer"
-    if Path(s).is_dir():
-        return "folder"
-    return "file"
 
 
 class FolderCapture:
@@ -142,10 +138,15 @@ def open_capture(kind: str, source: str, timeout_s: float):
 
 
 class Camera:
-    def __init__(self, cfg: CameraConfig):
+    """`model_size`: the camera's own thread also resizes each frame to the model's input, so that the
+    inference thread does nothing but infer; `stages` receives the decode and resize milliseconds."""
+
+    def __init__(self, cfg: CameraConfig, model_size: int | None = None, stages: StageTimes | None = None):
         self.cfg = cfg
         self.name = cfg.name
-        self.kind = source_type(cfg)
+        self.kind = cfg.kind
+        self.model_size = model_size
+        self.stages = stages or StageTimes()
         self.recording = self.kind in ("file", "folder")
         self.lossless = self.recording and not cfg.realtime
         self.stats = CameraStats()
@@ -157,6 +158,7 @@ class Camera:
         self._cap = None
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self.last_frame_mono = 0.0
+        self._failed_opens = 0
 
     # ------------------------------------------------------------------ consumer side
     def start(self) -> None:
@@ -202,17 +204,35 @@ class Camera:
         return False
 
     # ------------------------------------------------------------------ producer side
+    def _fields(self, **more) -> dict:
+        return {"camera": self.name, "source": masked(self.cfg.source), **more}
+
     def _mark_down(self, why: str) -> None:
         if self.stats.up:
-            log.warning("camera down", extra={"fields": {"camera": self.name, "reason": why}})
+            # The end of a recording is how a run over files finishes, not something to act on.
+            level = logging.INFO if why == END_OF_RECORDING else logging.WARNING
+            log.log(level, "camera down", extra={"fields": self._fields(reason=why)})
         self.stats.up = False
         self.stats.last_error = why
         if self.stats.down_since is None:
             self.stats.down_since = time.time()
 
+    def _open_failed(self, backoff: float) -> None:
+        """One warning per backoff step while the delay grows, then a reminder every REMIND_EVERY attempts."""
+        self._failed_opens += 1
+        why = f"cannot open the {self.kind} source"
+        if self._failed_opens == 1 or backoff < self.cfg.reopen_max_s or self._failed_opens % REMIND_EVERY == 0:
+            fields = self._fields(reason=why, attempts=self._failed_opens, retry_in_s=round(backoff, 1))
+            log.warning("camera cannot be opened", extra={"fields": fields})
+        self.stats.up = False
+        self.stats.last_error = f"{why}: {masked(self.cfg.source)}"
+        if self.stats.down_since is None:
+            self.stats.down_since = time.time()
+
     def _mark_up(self) -> None:
         if not self.stats.up:
-            log.info("camera up", extra={"fields": {"camera": self.name, "source": self.kind}})
+            log.info("camera up", extra={"fields": self._fields(kind=self.kind, after_failed_opens=self._failed_opens)})
+        self._failed_opens = 0
         self.stats.up = True
         self.stats.down_since = None
         self.stats.last_error = ""
@@ -220,6 +240,9 @@ class Camera:
     def _put(self, image: np.ndarray, index: int) -> None:
         now_mono = time.monotonic()
         frame = Frame(self.name, index, image, time.time(), now_mono)
+        if self.model_size:
+            frame.model_input = to_batch([image], self.model_size)[0]
+            self.stages.add("resize", (time.monotonic() - now_mono) * 1000.0)
         with self._cond:
             if self.lossless:
                 while self._slot is not None and not self._stop.is_set():
@@ -238,7 +261,7 @@ class Camera:
         while not self._stop.is_set():
             cap = open_capture(self.kind, self.cfg.source, self.cfg.stall_timeout_s)
             if cap is None:
-                self._mark_down(f"cannot open {self.kind} source")
+                self._open_failed(backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.reopen_max_s)
                 continue
@@ -263,7 +286,7 @@ class Camera:
                     index = 0
                     continue
                 self.stats.ended = True
-                self._mark_down("end of recording")
+                self._mark_down(END_OF_RECORDING)
                 with self._cond:
                     self._cond.notify_all()
                 return
@@ -281,12 +304,14 @@ class Camera:
         n0 = index
         total = cap.get(cv2.CAP_PROP_FRAME_COUNT) if self.recording else 0
         while not self._stop.is_set() and not self._reopen.is_set():
+            read_start = time.monotonic()
             try:
                 ok, img = cap.read()
             except cv2.error as exc:
                 ok, img = False, None
                 self.stats.last_error = str(exc).splitlines()[0]
             if ok and img is not None and img.size and img.ndim in (2, 3) and img.dtype == np.uint8:
+                self.stages.add("decode", (time.monotonic() - read_start) * 1000.0)
                 bad = 0
                 delivered = True
                 self._mark_up()

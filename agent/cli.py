@@ -1,7 +1,8 @@
 """`hgad-edge`: the command line. Names and flags are a contract (see README, "Command line").
 
-Exit codes: 0 ok, 2 bad input (config, paths, data), 1 anything else. Errors are one line naming the
-file, key or value at fault; `--debug` shows the traceback instead.
+Exit codes: 0 ok, 2 bad input (config, paths, data), 1 anything else. Errors are one line naming the file,
+key or value at fault; `--debug` shows the traceback instead. Heavy libraries (torch, OpenCV, scipy) are
+imported inside the commands that need them, so a mistyped flag or path is answered in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -14,13 +15,18 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from hgad.config import DEFAULT_IMAGE_SIZE
+from hgad import __version__
+from hgad.config import DEFAULT_IMAGE_SIZE, PRIORS
 from hgad.errors import BadInputError, HgadError
 from hgad.memory import keep_freed_memory
+from hgad.typed_config import valid_name
+
+from . import paths
 
 log = logging.getLogger("agent.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_BAD_INPUT = 0, 1, 2
+BACKEND_CHOICES = ("auto", "torch", "tensorrt", "onnxruntime")
 
 
 class UsageError(BadInputError):
@@ -31,7 +37,23 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and exit code 2) like every other bad input."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+        command = self.prog.removeprefix("hgad-edge").strip()
+        where = f"{command}: " if command else ""
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
+
+
+class Help(argparse.HelpFormatter):
+    """Every option's help says its default: its own words where it says "default", else the value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        no_default = action.default in (None, False, argparse.SUPPRESS) or not action.option_strings
+        if "default" in text or no_default or isinstance(action, argparse._VersionAction):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# ------------------------------------------------------------------------------------------ argument types
 
 
 def _csv(value: str) -> list[str]:
@@ -61,27 +83,56 @@ def _positive(value: str) -> int:
     return v
 
 
+def _line(value: str) -> str:
+    problem = valid_name(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+# ------------------------------------------------------------------------------------------ paths
+
+
+def _writable_dir(path: Path, flag: str) -> None:
+    """Check that `path` can be created as a folder by this user, creating nothing: a command that fails later
+    leaves no empty folder behind."""
+    if path.exists():
+        if not path.is_dir():
+            raise BadInputError(f"{flag}: {path} exists and is not a directory; give a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise BadInputError(f"{flag}: {path} is not writable by this user")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BadInputError(f"{flag}: cannot create {path}: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag}: cannot create {path}: {parent} is not writable by this user")
+
+
 def _output_dir(path: Path, flag: str) -> Path:
-    """Create an output folder now: a mistyped or read-only path must fail before minutes of training or
-    scoring, not after them with the work lost."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise BadInputError(f"{flag}: {path} exists and is not a directory; give a folder") from None
-    except OSError as exc:
-        raise BadInputError(f"{flag}: cannot create {path}: {exc.strerror}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise BadInputError(f"{flag}: {path} is not writable by this user")
+    """Create an output folder now: a mistyped or read-only path must fail before minutes of work."""
+    _writable_dir(path, flag)
+    path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def _output_file(path: Path | None, flag: str) -> None:
-    """Check up front that `path` can be written (its folder is created), for the same reason."""
+    """Check up front that `path` can be written, creating nothing."""
     if path is None:
         return
     if path.is_dir():
         raise BadInputError(f"{flag}: {path} is a directory; give a file name, e.g. {path / 'out.json'}")
-    _output_dir(path.parent, flag)
+    _writable_dir(path.parent, flag)
+
+
+def _input_dir(path: Path, flag: str) -> Path:
+    if path.is_file():
+        raise BadInputError(f"{flag}: {path} is a file; give a folder")
+    if not path.is_dir():
+        raise BadInputError(f"{flag}: {path} does not exist")
+    return path
 
 
 def _write_json(path: Path | None, data: dict) -> None:
@@ -107,7 +158,42 @@ def cmd_synth(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_add_lines(a: argparse.Namespace) -> int:
+    """`train --from`: the lines of --classes added to a trained model."""
+    from hgad.add_lines import FineTune, add_lines
+    from hgad.data.datasets import load_split, select_classes
+    from hgad.model_dir import load_model, save_model
+    from hgad.progress import bar
+    from hgad.replay import load as load_replay
+
+    if not a.classes:
+        raise BadInputError("train --from: name the lines to add with --classes new1,new2")
+    base = load_model(a.from_model)
+    new = select_classes(_input_dir(a.data, "--data"), a.classes)
+    _output_dir(a.out, "--out")
+    replay = load_replay(base.path)
+    if replay is None:
+        raise BadInputError(
+            f"--from: {a.from_model} was saved without a replay sample of its lines (trained before hgad-edge "
+            f"0.2): train a model of every line from scratch instead"
+        )
+    samples = load_split(a.data, "train", new)
+    print(f"adding {', '.join(new)} ({len(samples)} images) to model {base.model_id}", file=sys.stderr)
+    model, report = add_lines(base, samples, replay, FineTune(epochs=a.epochs or FineTune.epochs), a.device, bar)
+    lineage = {"from": base.model_id, "kept": report.kept, "moved": report.moved, "before": base.meta.get("lineage")}
+    model_id = save_model(model, a.out, report.to_dict(), report.replay, lineage=lineage)
+    recalibrate = [line for line in base.model.classes if line not in report.kept]
+    print(
+        f"model {model_id} saved to {a.out} ({len(model.classes)} lines, {report.seconds:.0f} s); profiles of "
+        f"{', '.join(report.kept) or 'no old line'} still hold"
+        + (f"; recalibrate {', '.join(recalibrate)}" if recalibrate else "")
+    )
+    return EXIT_OK
+
+
 def cmd_train(a: argparse.Namespace) -> int:
+    if a.from_model is not None:
+        return cmd_add_lines(a)
     from hgad.config import BackboneConfig, ModelConfig, PriorConfig, TrainConfig
     from hgad.data.datasets import load_split, select_classes
     from hgad.model_dir import save_model
@@ -116,16 +202,14 @@ def cmd_train(a: argparse.Namespace) -> int:
     from hgad.train import train
 
     device = resolve_device(a.device)
-    classes = select_classes(a.data, a.classes)
+    classes = select_classes(_input_dir(a.data, "--data"), a.classes)
     _output_dir(a.out, "--out")
-    kwargs = {"name": a.backbone, "weights": str(a.weights) if a.weights else None}
     train_kwargs = {"seed": a.seed} | ({"epochs": a.epochs} if a.epochs else {})
-    size = {"image_size": a.image_size} if a.image_size else {}
     try:
         cfg = ModelConfig(
             classes=tuple(classes),
-            **size,
-            backbone=BackboneConfig(**kwargs),
+            image_size=a.image_size,
+            backbone=BackboneConfig(name=a.backbone, weights=str(a.weights) if a.weights else None),
             prior=PriorConfig(kind=a.prior),
             train=TrainConfig(**train_kwargs),
         )
@@ -133,15 +217,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise BadInputError(f"train: {exc}") from None
     samples = load_split(a.data, "train", classes)
     print(
-        f"training {a.prior} prior on {len(samples)} images of {len(classes)} lines "
+        f"training the {a.prior} prior on {len(samples)} images of {len(classes)} lines at {cfg.image_size} px "
         f"({cfg.train.epochs} epochs, {device})",
         file=sys.stderr,
     )
     model, report = train(cfg, samples, device, progress=bar)
-    model_id = save_model(model, a.out, report.to_dict())
+    model_id = save_model(model, a.out, report.to_dict(), report.replay)
     print(
         f"model {model_id} saved to {a.out} (features {report.seconds_features:.0f} s, "
-        f"flows {report.seconds_training:.0f} s)"
+        f"flow and statistics {report.seconds_training:.0f} s)"
     )
     return EXIT_OK
 
@@ -164,9 +248,10 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from hgad.progress import bar
     from hgad.runtime.torch_backend import resolve_device
 
+    _output_file(a.json, "--json")
+    _input_dir(a.data, "--data")
     device = resolve_device(a.device)
     loaded = load_model(a.model, device)
-    _output_file(a.json, "--json")
     result = evaluate(loaded.model, a.data, a.classes, a.class_aware, device, progress=bar)
     result["model_id"] = loaded.model_id
     _print_eval(result)
@@ -183,35 +268,32 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     from hgad.progress import bar
     from hgad.runtime.torch_backend import TorchBackend
 
+    # Everything that can fail on bad input happens before the database or any folder is touched.
+    _input_dir(a.images, "--images")
+    if a.anomalies is not None:
+        _input_dir(a.anomalies, "--anomalies")
+    _output_file(a.db, "--db")
+    _output_file(a.json, "--json")
+    if a.report is not None:
+        _writable_dir(a.report, "--report")
+    if a.db.is_file():
+        open_database(a.db).dispose()  # a file that is not a database fails now, not after the scoring
     loaded = load_model(a.model)
-    # A mode the line cannot have is the one error line, before any warning.
-    mode = resolve_mode(loaded.model.classes, a.line, a.mode)
+    mode = resolve_mode(loaded.model.classes, a.line, a.mode)  # the one error line, before any warning
     warning = unknown_line_warning(loaded.model.classes, a.line)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     backend = TorchBackend(loaded, a.device)
-    _output_file(a.db, "--db")
-    if a.db.is_file():
-        open_database(a.db).dispose()  # a file that is not a database fails now, not after the scoring
-    _output_file(a.json, "--json")
-    if a.report is not None:
-        _output_dir(a.report, "--report")
-    # Everything that can fail on bad input happens before the database is touched.
     result = calibrate_folder(
         loaded, backend, a.line, a.images, a.far, mode, a.confidence, anomalies=a.anomalies, progress=bar
     )
     store = ProfileStore(open_database(a.db))
     previous = store.active(a.line)
-    result.profile = store.save(result.profile, activate=True)
-    report_dir = a.report or a.db.parent / "reports" / a.line / f"v{result.profile.version}"
+    result.profile = p = store.save(result.profile, activate=True)
+    report_dir = a.report or paths.reports(a.db) / a.line / f"v{p.version}"
     data = write_report(report_dir, result)
     if previous is not None:
-        data["superseded"] = {
-            "calibration_id": previous.calibration_id,
-            "version": previous.version,
-            "model_id": previous.model_id,
-        }
-    p = result.profile
+        data["superseded"] = {k: getattr(previous, k) for k in ("calibration_id", "version", "model_id")}
     print(
         f"line {p.line}: calibration {p.calibration_id} v{p.version} active; threshold {p.threshold:.6g} "
         f"for far {p.far:g} ({p.method_detail}); n={p.n}, realised far <= {p.far_bound or float('nan'):.4f} "
@@ -222,14 +304,6 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     print(f"report: {report_dir}")
     _write_json(a.json, data)
     return EXIT_OK
-
-
-def default_engine_cache() -> Path:
-    """systemd's CacheDirectory= when run as the service, else the user's cache folder."""
-    import os
-
-    base = os.environ.get("CACHE_DIRECTORY") or os.path.join(os.path.expanduser("~"), ".cache", "hgad-edge")
-    return Path(base.split(":")[0]) / "engines"
 
 
 def _calibration_frames(folder: Path | None, size: int):
@@ -245,19 +319,19 @@ def _calibration_frames(folder: Path | None, size: int):
 
 def cmd_export(a: argparse.Namespace) -> int:
     from hgad.model_dir import load_model
-    from hgad.runtime.export import export_tensorrt, export_torch
+    from hgad.runtime.export import export_onnxruntime, export_tensorrt, export_torch
 
-    loaded = load_model(a.model)
     _output_file(a.out, "--out")
+    loaded = load_model(a.model)
+    if a.backend in ("torch", "onnxruntime") and a.precision not in (None, "fp32"):
+        raise BadInputError(f"--precision {a.precision}: the {a.backend} export is fp32; use --backend tensorrt")
     if a.backend == "torch":
-        if a.precision not in (None, "fp32"):
-            raise BadInputError(f"--precision {a.precision}: the torch export is fp32; use --backend tensorrt")
         result = export_torch(loaded, a.out or a.model / "model.pt2", a.batch)
+    elif a.backend == "onnxruntime":
+        result = export_onnxruntime(loaded, paths.engine_cache(a.cache), a.out, a.batch)
     else:
         frames = _calibration_frames(a.calibration, loaded.model.cfg.image_size)
-        result = export_tensorrt(
-            loaded, a.cache or default_engine_cache(), a.out, a.precision or "fp16", a.batch, frames
-        )
+        result = export_tensorrt(loaded, paths.engine_cache(a.cache), a.out, a.precision or "fp16", a.batch, frames)
     p = result.parity
     print(
         f"{result.backend} {result.precision} batch {result.batch}: {result.path} "
@@ -269,154 +343,229 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from hgad.model_dir import load_model
-    from hgad.runtime.bench import run_bench
+    from hgad.runtime.bench import print_bench, run_bench
     from hgad.runtime.select import open_backend
 
     if a.model is None and not a.demo:
         raise BadInputError("bench: give --model MODEL_DIR, or --demo for the demo's model")
     _output_file(a.json, "--json")
     if a.demo:
-        from .demo import DemoSpec, agent_bench, prepare_model
+        from .demo import DemoSpec, prepare_model
 
-        spec = DemoSpec(out=Path("demo-out"))
-        loaded = prepare_model(spec)
+        loaded = prepare_model(DemoSpec(out=Path("demo-out")))
     else:
         loaded = load_model(a.model)
-    backend, reason = open_backend(loaded, a.backend, a.device, a.precision, a.batch, a.cache or default_engine_cache())
-    result = run_bench(backend, a.batch, a.iters)
+    backend, reason = open_backend(loaded, a.backend, a.device, a.precision, 1, paths.engine_cache(a.cache))
+    result = run_bench(backend, a.batch, a.iters, camera_shape=a.frame)
     result["backend_choice"] = reason
-    if a.demo:
-        result["agent"] = agent_bench(spec, loaded, result["batches"]["1"]["fps"])
-    for b, r in result["batches"].items():
-        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
-        print(
-            f"batch {b}: {r['fps']:.1f} frames/s, {r['ms_per_frame']:.1f} ms/frame ({stages} ms per batch); "
-            f"peak RSS so far {r['peak_rss_mb']} MB"
+    if a.agent:
+        from .bench_agent import AgentBenchSpec, run_agent_bench
+
+        workdir = (
+            a.json.parent if a.json else Path("bench-out")
+        ).resolve() / f"agent-{backend.info.name}-{a.cameras}cam"
+        spec = AgentBenchSpec(
+            workdir, backend.info.name, a.cameras, a.frame, engine_cache=paths.engine_cache(a.cache), console=a.console
         )
-    print(
-        f"backend {result['backend']} on {result['device']} ({result['precision']}); "
-        f"head/backbone {result['head_to_backbone_ratio']}; peak RSS {result['peak_rss_mb']} MB"
-    )
+        result["agent"] = run_agent_bench(loaded, backend, spec, result["batches"]["1"]["fps"])
+    print_bench(result)
     _write_json(a.json, result)
     return EXIT_OK
 
 
+def _frame(value: str) -> tuple[int, int]:
+    """WIDTHxHEIGHT -> (height, width)."""
+    try:
+        w, h = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not WIDTHxHEIGHT, e.g. 1280x720") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise argparse.ArgumentTypeError(f"{value} is not a camera frame size (16 to 8192 pixels a side)")
+    return h, w
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from .config import load_config
-    from .daemon import Agent
     from .logs import setup_logging
 
     cfg = load_config(a.config)
     if not (a.verbose or a.debug):
         setup_logging(verbose=int(cfg.log_level in ("info", "debug")), debug=cfg.log_level == "debug")
+    from .daemon import Agent  # torch and OpenCV: only once the configuration is known to be good
+
     return Agent(cfg, exit_when_done=a.exit_when_done).run()
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import DemoSpec, run
 
-    return run(DemoSpec(out=a.out, lines=a.lines, epochs=a.epochs, seed=a.seed))
+    return run(DemoSpec(out=a.out, lines=a.lines, epochs=a.epochs, seed=a.seed), console=a.console)
+
+
+def cmd_normals(a: argparse.Namespace) -> int:
+    from .config import load_config
+    from .feedback import export_samples
+
+    cfg = load_config(a.config)
+    _output_dir(a.out, "--out")
+    counts = export_samples(cfg.normals_path, a.out, a.line)
+    if not any(counts.values()):
+        print(f"no false alarms kept in {cfg.normals_path}{f' for line {a.line}' if a.line else ''}")
+    for line, n in counts.items():
+        print(f"{line}: {n} frame(s) -> {a.out / line / 'train' / 'good'}")
+    return EXIT_OK
 
 
 # ------------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="hgad-edge", description="Edge anomaly detection for production lines (HGAD).")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="info logs")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+def _common() -> Parser:
+    """Options every command takes, before or after its name."""
+    c = Parser(add_help=False)
+    c.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="tracebacks and debug logs")
+    c.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help="info logs")
+    return c
 
-    s = sub.add_parser("synth", help="write a synthetic multi-line dataset (MVTec AD layout)")
-    s.add_argument("out", type=Path)
-    s.add_argument("--classes", type=_positive, default=6, help="number of product lines (default 6)")
-    s.add_argument("--train", type=_positive, default=100, help="normal training images per line (default 100)")
-    s.add_argument("--test", type=_positive, default=60, help="test images per line, 40%% normal (default 60)")
-    s.add_argument("--size", type=_positive, default=256, help="image size in pixels (default 256)")
-    s.add_argument("--seed", type=int, default=0)
+
+def _synth(sub, common) -> None:
+    s = sub.add_parser("synth", parents=[common], formatter_class=Help, help="write a synthetic multi-line dataset")
+    s.add_argument("out", type=Path, help="a new or empty folder, or an earlier synth dataset (replaced)")
+    s.add_argument("--classes", type=_positive, default=6, help="product lines")
+    s.add_argument("--train", type=_positive, default=100, help="normal training images per line")
+    s.add_argument("--test", type=_positive, default=60, help="test images per line, 40%% of them normal")
+    s.add_argument("--size", type=_positive, default=256, help="image side in pixels")
+    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same dataset")
     s.set_defaults(func=cmd_synth)
 
-    t = sub.add_parser("train", help="train one unified model for every line of a dataset")
+
+def _train(sub, common) -> None:
+    t = sub.add_parser("train", parents=[common], formatter_class=Help, help="train one model for every line")
     t.add_argument("--data", type=Path, required=True, help="dataset root (MVTec AD, VisA or BTAD layout)")
     t.add_argument("--out", type=Path, required=True, help="model directory to write")
-    t.add_argument("--classes", type=_csv, help="comma-separated lines to train on (default: all)")
-    t.add_argument("--epochs", type=_positive, help="training epochs (default: the model's default)")
+    t.add_argument("--classes", type=_csv, help="comma-separated lines to train on (default: every line)")
+    t.add_argument(
+        "--from",
+        dest="from_model",
+        type=Path,
+        help="add the lines of --classes to this trained model instead of training from scratch",
+    )
+    t.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
-    t.add_argument(
-        "--image-size", type=_positive, help=f"model input in pixels (default {DEFAULT_IMAGE_SIZE}; images are resized)"
-    )
-    t.add_argument("--prior", choices=("hgad", "single"), default="hgad")
+    t.add_argument("--image-size", type=_positive, default=DEFAULT_IMAGE_SIZE, help="model input in pixels")
+    t.add_argument("--prior", choices=PRIORS, default="hgad", help="single: the N(0, I) ablation")
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="random seed of the training")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("eval", help="per-class image AUROC, pixel AUROC and AUPRO on a test split")
-    e.add_argument("--model", type=Path, required=True)
-    e.add_argument("--data", type=Path, required=True)
-    e.add_argument("--classes", type=_csv)
-    e.add_argument("--class-aware", action="store_true", help="score each class with its own mixture")
-    e.add_argument("--json", type=Path)
-    e.add_argument("--device", default="cpu")
+
+def _eval(sub, common) -> None:
+    e = sub.add_parser("eval", parents=[common], formatter_class=Help, help="image/pixel AUROC and AUPRO per line")
+    e.add_argument("--model", type=Path, required=True, help="model directory")
+    e.add_argument("--data", type=Path, required=True, help="dataset root with a test split")
+    e.add_argument("--classes", type=_csv, help="lines to evaluate (default: the model's)")
+    e.add_argument("--class-aware", action="store_true", help="score each line with its own mixture")
+    e.add_argument("--json", type=Path, help="write the results as JSON")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     e.set_defaults(func=cmd_eval)
 
-    c = sub.add_parser("calibrate", help="threshold a line from a folder of its normal images")
-    c.add_argument("--model", type=Path, required=True)
-    c.add_argument("--line", required=True)
+
+def _calibrate(sub, common) -> None:
+    c = sub.add_parser("calibrate", parents=[common], formatter_class=Help, help="threshold a line from normals")
+    c.add_argument("--model", type=Path, required=True, help="model directory")
+    c.add_argument("--line", type=_line, required=True, help="product line name")
     c.add_argument("--images", type=Path, required=True, help="folder of normal images of the line")
-    c.add_argument("--far", type=_rate, default=0.01, help="target false-alarm rate (default 0.01)")
-    c.add_argument("--db", type=Path, default=Path("hgad-edge.sqlite"), help="SQLite file (the agent's)")
+    c.add_argument("--far", type=_rate, default=0.01, help="target false-alarm rate per frame")
+    c.add_argument("--db", type=Path, default=paths.database(), help="the agent's SQLite file")
     c.add_argument("--json", type=Path, help="write the summary as JSON")
     c.add_argument(
         "--mode",
         choices=("class-aware", "class-agnostic"),
-        help="scoring mode (default: class-aware when the line is a model class)",
+        help="scoring mode (default: class-aware when the line is one of the model's)",
     )
-    c.add_argument(
-        "--confidence", type=float, help="also guarantee the realised rate <= far with this probability, e.g. 0.9"
-    )
+    c.add_argument("--confidence", type=float, help="also bound the realised rate with this probability, e.g. 0.9")
     c.add_argument("--anomalies", type=Path, help="folder of known anomalous images: recall is reported")
-    c.add_argument("--report", type=Path, help="report folder (default: next to the database)")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--report", type=Path, help="report folder (default: reports/LINE/vN next to the database)")
+    c.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     c.set_defaults(func=cmd_calibrate)
 
-    x = sub.add_parser("export", help="compile the model for deployment (TensorRT engine or torch program)")
-    x.add_argument("--model", type=Path, required=True)
-    x.add_argument("--backend", choices=("tensorrt", "torch"), required=True)
-    x.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="tensorrt: default fp16")
-    x.add_argument("--out", type=Path, help="output file (torch: MODEL_DIR/model.pt2; tensorrt: the engine cache)")
-    x.add_argument("--batch", type=_positive, default=1, help="static batch size of the graph (default 1)")
+
+def _export(sub, common) -> None:
+    x = sub.add_parser("export", parents=[common], formatter_class=Help, help="compile the model for deployment")
+    x.add_argument("--model", type=Path, required=True, help="model directory")
+    x.add_argument(
+        "--backend",
+        choices=("tensorrt", "onnxruntime", "torch"),
+        required=True,
+        help="tensorrt: an engine; onnxruntime: an ONNX graph (CPU, and what trtexec reads); torch: a .pt2 program",
+    )
+    x.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="default: fp16 for tensorrt, fp32 for torch")
+    x.add_argument("--out", type=Path, help="also copy it here (default: torch MODEL/model.pt2, else the engine cache)")
+    x.add_argument("--batch", type=_positive, default=1, help="static batch size of the graph")
     x.add_argument("--calibration", type=Path, help="int8: folder of representative frames")
-    x.add_argument("--cache", type=Path, help="engine cache folder (default: $CACHE_DIRECTORY or ~/.cache)")
+    x.add_argument("--cache", type=Path, help=f"engine cache folder (default {paths.engine_cache()})")
     x.set_defaults(func=cmd_export)
 
-    b = sub.add_parser("bench", help="per-stage milliseconds and frames/s of a backend")
-    b.add_argument("--model", type=Path)
+
+def _bench(sub, common) -> None:
+    b = sub.add_parser("bench", parents=[common], formatter_class=Help, help="per-stage ms and frames/s")
+    b.add_argument("--model", type=Path, help="model directory")
     b.add_argument("--demo", action="store_true", help="bench the demo's model (trained into demo-out if missing)")
-    b.add_argument("--backend", choices=("auto", "torch", "tensorrt"), default="auto")
-    b.add_argument("--batch", type=_positive, default=8, help="the larger batch measured besides 1 (default 8)")
-    b.add_argument("--precision", choices=("fp32", "fp16", "int8"))
-    b.add_argument("--device", default="auto")
-    b.add_argument("--iters", type=_positive, default=20)
-    b.add_argument("--cache", type=Path)
-    b.add_argument("--json", type=Path)
+    b.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="inference backend")
+    b.add_argument("--batch", type=_positive, default=8, help="the larger batch measured besides 1")
+    b.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="default: the backend's")
+    b.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    b.add_argument("--iters", type=_positive, default=20, help="timed iterations per batch size")
+    b.add_argument("--cache", type=Path, help=f"engine cache folder (default {paths.engine_cache()})")
+    b.add_argument("--json", type=Path, help="write the results as JSON")
+    b.add_argument("--agent", action="store_true", help="also run the real agent on camera-sized recordings")
+    b.add_argument("--cameras", type=_positive, default=1, help="--agent: cameras sharing the model")
+    b.add_argument(
+        "--console", action="store_true", help="--agent: run it again with the console open in a headless Chromium"
+    )
+    b.add_argument(
+        "--frame", type=_frame, default=(720, 1280), help="camera frame size, WIDTHxHEIGHT (default 1280x720)"
+    )
     b.set_defaults(func=cmd_bench)
 
-    r = sub.add_parser("run", help="run the agent (the daemon) with a configuration file")
-    r.add_argument("--config", type=Path, required=True)
+
+def _run_and_demo(sub, common) -> None:
+    r = sub.add_parser("run", parents=[common], formatter_class=Help, help="the agent (the daemon)")
+    r.add_argument("--config", type=Path, required=True, help="configuration file (see config.example.yaml)")
     r.add_argument(
-        "--exit-when-done",
-        action="store_true",
-        help="exit once every camera is a finished recording and every alert is delivered",
+        "--exit-when-done", action="store_true", help="exit once every recording is judged and every alert delivered"
     )
     r.set_defaults(func=cmd_run)
-
-    d = sub.add_parser("demo", help="the main job end to end: synth, train, calibrate, run the agent, summary")
-    d.add_argument("--out", type=Path, default=Path("demo-out"), help="workspace (default ./demo-out)")
-    d.add_argument("--lines", type=_positive, default=3, help="product lines (default 3)")
-    d.add_argument("--epochs", type=_positive, default=14)
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("demo", parents=[common], formatter_class=Help, help="the main job end to end, in minutes")
+    d.add_argument("--out", type=Path, default=Path("demo-out"), help="workspace")
+    d.add_argument("--lines", type=_positive, default=3, help="product lines")
+    d.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
+    d.add_argument("--seed", type=int, default=0, help="random seed of data and training")
+    d.add_argument(
+        "--console", action="store_true", help="after the summary, keep the agent and its web console running"
+    )
     d.set_defaults(func=cmd_demo)
+    n = sub.add_parser(
+        "normals", parents=[common], formatter_class=Help, help="export the frames of alerts marked false alarms"
+    )
+    n.add_argument("--config", type=Path, required=True, help="the agent's configuration (for its state folder)")
+    n.add_argument("--out", type=Path, required=True, help="folder to write OUT/LINE/train/good/*.jpg into")
+    n.add_argument("--line", type=_line, help="one line (default: every line with kept frames)")
+    n.set_defaults(func=cmd_normals)
+
+
+def build_parser() -> Parser:
+    common = _common()
+    p = Parser(
+        prog="hgad-edge",
+        parents=[common],
+        formatter_class=Help,
+        description="Edge anomaly detection for production lines: one HGAD model for every line.",
+    )
+    p.add_argument("--version", action="version", version=f"hgad-edge {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
+    for add in (_synth, _train, _eval, _calibrate, _export, _bench, _run_and_demo):
+        add(sub, common)
     return p
 
 
@@ -427,6 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        args.verbose, args.debug = getattr(args, "verbose", 0), getattr(args, "debug", False)
         setup_logging(args.verbose, args.debug)
         keep_freed_memory()
         func: Callable[[argparse.Namespace], int] = args.func

@@ -1,7 +1,10 @@
 """Validating MQTT commands before anything changes.
 
 `.../CAMERA/line/set`: `{"line": "NAME"}` (a bare line name is accepted too).
-`.../CAMERA/calibrate/set`: `{"frames": N, "far": A, "line": "NAME"}`, every key optional.
+`.../CAMERA/calibrate/set`: `{"frames": N, "far": A, "line": "NAME", "include_false_alarms": B}`, every key
+optional.
+The console's device-wide commands: `{"calibration_id": ID}` (activate a profile), `{"event_id": ID,
+"label": "defect" | "false_alarm"}` (an operator's verdict on an alert).
 A bad command (not JSON, wrong types, unknown keys, oversize, unknown camera or line) raises
 CommandError with one line that is sent back on the command's state topic; nothing changes.
 """
@@ -13,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from calibration.threshold import MIN_IMAGES
+from hgad.typed_config import valid_name
 
 MAX_BYTES = 4096
 MAX_FRAMES = 5000
@@ -34,6 +38,18 @@ class CalibrateSet:
     frames: int
     far: float
     line: str | None
+    include_false_alarms: bool = False
+
+
+@dataclass(frozen=True)
+class ActivateProfile:
+    calibration_id: str
+
+
+@dataclass(frozen=True)
+class Feedback:
+    event_id: str
+    label: str
 
 
 def _text(payload: bytes) -> str:
@@ -56,9 +72,11 @@ def _json(text: str) -> object:
 
 
 def _line_name(value: object, key: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 128 or any(c in value for c in "/+#\0"):
-        raise CommandError(f"{key}: {value!r} is not a line name")
-    return value
+    """The same rule as a camera's `line` in the configuration and `calibrate --line`."""
+    problem = valid_name(value) if isinstance(value, str) else f"{value!r} is not a line name"
+    if problem:
+        raise CommandError(f"{key}: {problem}")
+    return value  # type: ignore[return-value]
 
 
 def parse_line_set(camera: str, payload: bytes, known_lines: set[str]) -> LineSet:
@@ -91,9 +109,9 @@ def parse_calibrate_set(camera: str, payload: bytes, default_frames: int, defaul
     data = _json(_text(payload)) if payload.strip() else {}
     if not isinstance(data, dict):
         raise CommandError('expected a JSON object like {"frames": 200, "far": 0.01}')
-    unknown = sorted(set(data) - {"frames", "far", "line"})
+    unknown = sorted(set(data) - {"frames", "far", "line", "include_false_alarms"})
     if unknown:
-        raise CommandError(f"unknown key(s) {', '.join(unknown)}; expected frames, far, line")
+        raise CommandError(f"unknown key(s) {', '.join(unknown)}; expected frames, far, line, include_false_alarms")
     frames = data.get("frames", default_frames)
     if not isinstance(frames, int) or isinstance(frames, bool) or not MIN_IMAGES <= frames <= MAX_FRAMES:
         raise CommandError(f"frames: {frames!r} must be a whole number between {MIN_IMAGES} and {MAX_FRAMES}")
@@ -105,4 +123,38 @@ def parse_calibrate_set(camera: str, payload: bytes, default_frames: int, defaul
     line = data.get("line")
     if line is not None:
         line = _line_name(line, "line")
-    return CalibrateSet(camera, frames, float(far), line)
+    include = data.get("include_false_alarms", False)
+    if not isinstance(include, bool):
+        raise CommandError(f"include_false_alarms: {include!r} must be true or false")
+    return CalibrateSet(camera, frames, float(far), line, include)
+
+
+def _object(payload: bytes, keys: tuple[str, ...], example: str) -> dict:
+    data = _json(_text(payload))
+    if not isinstance(data, dict):
+        raise CommandError(f"expected a JSON object like {example}")
+    unknown = sorted(set(data) - set(keys))
+    if unknown:
+        raise CommandError(f"unknown key(s) {', '.join(unknown)}; expected {example}")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise CommandError(f"missing key(s) {', '.join(missing)}; expected {example}")
+    return data
+
+
+def _hex_id(value: object, key: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64 or not all(c in "0123456789abcdef" for c in value):
+        raise CommandError(f"{key}: {value!r} is not an id (lowercase hexadecimal)")
+    return value
+
+
+def parse_activate_profile(payload: bytes) -> ActivateProfile:
+    data = _object(payload, ("calibration_id",), '{"calibration_id": "ID"}')
+    return ActivateProfile(_hex_id(data["calibration_id"], "calibration_id"))
+
+
+def parse_feedback(payload: bytes, labels: tuple[str, ...]) -> Feedback:
+    data = _object(payload, ("event_id", "label"), '{"event_id": "ID", "label": "defect"}')
+    if data["label"] not in labels:
+        raise CommandError(f"label: {data['label']!r} is not one of {', '.join(labels)}")
+    return Feedback(_hex_id(data["event_id"], "event_id"), data["label"])

@@ -40,6 +40,13 @@ class AlertEvent:
     anomalous_frames: int
     started: float
     reason: str = ""
+    # (frame index, score) of every frame judged since the event opened, the opening run included: the
+    # console draws the score over the event from it.
+    scores: list[tuple[int, float]] = field(default_factory=list)
+
+
+# Frames of one event whose scores are kept (an event longer than this keeps its latest).
+MAX_EVENT_SCORES = 2000
 
 
 @dataclass
@@ -56,6 +63,7 @@ class Hysteresis:
     _last_anomalous: int = 0
     _count: int = 0
     _started: float = 0.0
+    _scores: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def is_open(self) -> bool:
@@ -75,8 +83,11 @@ class Hysteresis:
             self._first, self._last_anomalous = self._run[0].frame_index, obs.frame_index
             self._count, self._normal_run = len(self._run), 0
             self._started, self._last_update_mono = self._run[0].captured, obs.captured_mono
+            self._scores = [(o.frame_index, o.score) for o in self._run]
             self._run.clear()
             return self._event("new", peak)
+        self._scores.append((obs.frame_index, obs.score))
+        del self._scores[:-MAX_EVENT_SCORES]
         if obs.anomalous:
             self._normal_run = 0
             self._count += 1
@@ -120,6 +131,7 @@ class Hysteresis:
             self._count,
             self._started,
             reason,
+            list(self._scores),
         )
         self._seq += 1
         return ev

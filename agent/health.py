@@ -82,6 +82,26 @@ class Latencies:
         }
 
 
+class StageTimes:
+    """Milliseconds per stage of the frames' way through the agent (decode, resize, wait, infer, judge,
+    render), each over its last N values; the stats and the bench report their medians."""
+
+    def __init__(self, n: int = 500):
+        self.n = n
+        self._stages: dict[str, Latencies] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stage: str, ms: float) -> None:
+        with self._lock:
+            latencies = self._stages.setdefault(stage, Latencies(self.n))
+        latencies.add(ms)
+
+    def summary(self) -> dict[str, float | None]:
+        with self._lock:
+            stages = dict(self._stages)
+        return {name: lat.summary()["p50"] for name, lat in stages.items()}
+
+
 class Rate:
     """Events per second over a sliding window."""
 
@@ -131,6 +151,9 @@ class PrometheusExporter:
         self.connected = Gauge("hgad_broker_connected", "1 when connected to the MQTT broker", registry=self.registry)
         self.alerts = Counter("hgad_alerts", "alert messages raised", ["camera", "type"], registry=self.registry)
         self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+
+    def count_alert(self, camera: str, kind: str) -> None:
+        self.alerts.labels(camera, kind).inc()
 
     def update(self, stats: dict) -> None:
         for cam, s in stats["cameras"].items():

@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -29,7 +31,8 @@ from .store import AgentStore, OutboxMessage, Writer
 
 log = logging.getLogger(__name__)
 
-MAX_COMMAND_BYTES = 4096
+# While the broker stays unreachable at the longest backoff, a reminder every this many failed attempts.
+REMIND_EVERY = 10
 
 
 @dataclass(frozen=True)
@@ -52,16 +55,16 @@ class Topics:
     def camera(self, camera: str, leaf: str) -> str:
         return f"{self.base}/{camera}/{leaf}"
 
-    def commands(self) -> list[str]:
-        return [f"{self.base}/+/line/set", f"{self.base}/+/calibrate/set"]
+    def commands(self, verbs: Sequence[str]) -> list[str]:
+        return [f"{self.base}/+/{verb}/set" for verb in verbs]
 
-    def parse_command(self, topic: str) -> tuple[str, str] | None:
-        """(camera, 'line' | 'calibrate') for a command topic of this device."""
+    def parse_command(self, topic: str, verbs: Sequence[str]) -> tuple[str, str] | None:
+        """(camera, verb) for a command topic of this device."""
         parts = topic.split("/")
         base = self.base.split("/")
         if len(parts) != len(base) + 3 or parts[: len(base)] != base or parts[-1] != "set":
             return None
-        if parts[-2] not in ("line", "calibrate"):
+        if parts[-2] not in verbs:
             return None
         return parts[len(base)], parts[-2]
 
@@ -83,10 +86,14 @@ class MQTTLink:
         self.on_command = on_command
         self.retained_state = retained_state
         self.on_alert_acked = on_alert_acked
+        self.verbs: Sequence[str] = ()  # the dispatcher's; subscribed as PREFIX/DEVICE/+/VERB/set
         self.connected = threading.Event()
         self.connects = 0
         self.disconnects = 0
         self.last_error = ""
+        self.down_since: float | None = time.time()
+        self._failures = 0
+        self._stopping = False
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -124,6 +131,7 @@ class MQTTLink:
 
     def stop(self, grace_s: float = 5.0) -> None:
         """Publish `stopped`, give the outbox a moment to drain, disconnect (the will is not sent)."""
+        self._stopping = True
         deadline = time.monotonic() + grace_s
         self.writer.flush(grace_s)
         self._wake.set()
@@ -143,42 +151,87 @@ class MQTTLink:
         """New rows are in the outbox."""
         self._wake.set()
 
+    @property
+    def address(self) -> str:
+        return f"{self.cfg.mqtt.host}:{self.cfg.mqtt.port}"
+
+    def status(self) -> dict[str, Any]:
+        """For stats and the console's health page."""
+        return {
+            "connected": self.connected.is_set(),
+            "address": self.address,
+            "connects": self.connects,
+            "disconnects": self.disconnects,
+            "error": self.last_error or None,
+            "down_since": self.down_since,
+        }
+
     # ------------------------------------------------------------------ paho callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code != 0:
-            self.last_error = f"connection refused: {reason_code}"
-            log.warning("mqtt connection refused", extra={"fields": {"reason": str(reason_code)}})
+            self._failed(f"the broker refused the connection: {reason_code}")
             return
         self.connects += 1
-        for t in self.topics.commands():
+        for t in self.topics.commands(self.verbs):
             client.subscribe(t, qos=1)
         for topic, payload, qos in self.retained_state():
             client.publish(topic, payload, qos=qos, retain=True)
         client.publish(self.topics.status, "online", qos=1, retain=True)
-        self.last_error = ""
+        if self._failures:
+            log.info(
+                "mqtt connected after failures", extra={"fields": {"broker": self.address, "failures": self._failures}}
+            )
+        self.last_error, self._failures, self.down_since = "", 0, None
+        # Logged before the event is set, so whoever waits on `connected` finds the line already written.
+        log.info("mqtt connected", extra={"fields": {"broker": self.address, "client_id": self.cfg.client_id}})
         self.connected.set()
         self._wake.set()
-        log.info(
-            "mqtt connected",
-            extra={"fields": {"host": self.cfg.mqtt.host, "port": self.cfg.mqtt.port, "client_id": self.cfg.client_id}},
-        )
 
     def _on_connect_fail(self, client, userdata) -> None:
-        self.last_error = "cannot reach broker"
+        self._failed(self._probe())
+
+    def _probe(self) -> str:
+        """Why the broker cannot be reached: paho does not say, so ask the network once more."""
+        m = self.cfg.mqtt
+        try:
+            with socket.create_connection((m.host, m.port), timeout=min(5.0, m.keepalive_s)):
+                return "the TCP connection opens but the MQTT handshake fails (TLS or protocol settings?)"
+        except socket.gaierror as exc:
+            return f"cannot resolve the host name: {exc.strerror}"
+        except OSError as exc:
+            return exc.strerror or type(exc).__name__
+
+    def _failed(self, reason: str) -> None:
+        """One warning per backoff step while the delay grows, then a reminder every REMIND_EVERY attempts."""
+        self._failures += 1
+        changed = reason != self.last_error
+        self.last_error = reason
+        n, m = self._failures, self.cfg.mqtt
+        growing = m.reconnect_min_s * 2 ** (n - 1) <= m.reconnect_max_s
+        if changed or growing or n % REMIND_EVERY == 0:
+            fields = {"broker": self.address, "reason": reason, "attempts": n, "outbox": "alerts wait in the outbox"}
+            log.warning("mqtt broker unreachable", extra={"fields": fields})
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
-            self.disconnects += 1
-            log.warning("mqtt disconnected", extra={"fields": {"reason": str(reason_code)}})
+        was = self.connected.is_set()
         self.connected.clear()
+        if not was:
+            return
+        self.disconnects += 1
+        self.down_since = time.time()
+        if self._stopping:
+            log.info("mqtt disconnected", extra={"fields": {"broker": self.address, "reason": str(reason_code)}})
+        else:
+            self.last_error = f"connection lost: {reason_code}"
+            log.warning("mqtt connection lost", extra={"fields": {"broker": self.address, "reason": str(reason_code)}})
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        parsed = self.topics.parse_command(msg.topic)
+        parsed = self.topics.parse_command(msg.topic, self.verbs)
         if parsed is None:
             return
-        camera, kind = parsed
+        camera, verb = parsed
         try:
-            self.on_command(camera, kind, bytes(msg.payload))
+            self.on_command(camera, verb, bytes(msg.payload))
         except Exception:
             log.exception("command handler failed", extra={"fields": {"topic": msg.topic}})
 
@@ -187,9 +240,9 @@ class MQTTLink:
         self._wake.set()
 
     # ------------------------------------------------------------------ other messages
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
-        """Fire-and-forget state/stats; dropped while disconnected (retained state is republished on
-        connect)."""
+    def publish_state(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+        """Fire-and-forget state and stats; dropped while disconnected (retained state is republished on
+        every connect)."""
         if self.connected.is_set():
             self.client.publish(topic, payload, qos=qos, retain=retain)
 

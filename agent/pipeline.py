@@ -12,52 +12,18 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from calibration.calibrate import LiveCalibration
-from calibration.drift import DriftMonitor, DriftStatus
-from calibration.profile import Profile
 from hgad.runtime.backend import Backend
 from hgad.runtime.preprocess import to_batch
 
-from .camera import Camera, Frame
-from .decision import AlertEvent, Hysteresis, Observation
-from .health import Latencies, Rate
+from .camera import Frame
+from .camera_runtime import CameraRuntime
+from .decision import AlertEvent, Observation
+from .health import StageTimes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class CameraRuntime:
-    camera: Camera
-    profile: Profile
-    hysteresis: Hysteresis
-    drift: DriftMonitor
-    latency: Latencies = field(default_factory=Latencies)
-    ack_latency: Latencies = field(default_factory=Latencies)
-    processed: Rate = field(default_factory=Rate)
-    frames: int = 0
-    first_mono: float | None = None  # when the first and latest frames were judged: processing rate
-    last_mono: float | None = None
-    alerts: int = 0
-    last_score: float | None = None
-    last_p: float | None = None
-    anomalous: bool = False
-    drift_status: DriftStatus | None = None
-    live: LiveCalibration | None = None
-    live_state: dict[str, Any] = field(default_factory=lambda: {"state": "idle"})
-    line_state: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return self.camera.name
-
-    @property
-    def line(self) -> str:
-        return self.profile.line
 
 
 class Pipeline:
@@ -67,15 +33,18 @@ class Pipeline:
         cameras: list[CameraRuntime],
         batch: int,
         on_alert: Callable[[CameraRuntime, AlertEvent, float], None],
-        on_calibrated: Callable[[CameraRuntime, LiveCalibration], None],
-        on_progress: Callable[[CameraRuntime], None],
+        on_calibration: Callable[[CameraRuntime], None],
+        on_collected: Callable[[CameraRuntime], None],
+        stages: StageTimes | None = None,
     ):
+        self.stages = stages or StageTimes()
         self.backend = backend
         self.cameras = cameras
         self.batch = batch
         self.on_alert = on_alert
-        self.on_calibrated = on_calibrated
-        self.on_progress = on_progress
+        # A live calibration's progress to report, and its last frame in (the profile is built elsewhere).
+        self.on_calibration = on_calibration
+        self.on_collected = on_collected
         self.tasks: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self.heartbeat = time.monotonic()
         self.batches = 0
@@ -142,23 +111,37 @@ class Pipeline:
         for rt, f in items:
             groups.setdefault(rt.profile.class_line, []).append((rt, f))
         for class_line, group in groups.items():
-            out = self.backend.infer(to_batch([f.image for _, f in group], self.backend.image_size), class_line)
+            t0 = time.monotonic()
+            for _, f in group:
+                self.stages.add("wait", (t0 - f.captured_mono) * 1000.0)
+            out = self.backend.infer(self._inputs([f for _, f in group]), class_line)
             now = time.monotonic()
+            self.stages.add("infer", (now - t0) * 1000.0 / len(group))
             for i, (rt, f) in enumerate(group):
                 self._judge(rt, f, float(out.scores[i]), out.maps[i], now)
+            self.stages.add("judge", (time.monotonic() - now) * 1000.0 / len(group))
         self.batches += 1
+
+    def _inputs(self, frames: list[Frame]) -> np.ndarray:
+        """The batch at the model's size: resized on the camera threads, or here for a camera that did not."""
+        size = self.backend.image_size
+        ready = [f.model_input if f.model_input is not None else to_batch([f.image], size)[0] for f in frames]
+        return np.stack(ready)
 
     def _judge(self, rt: CameraRuntime, f: Frame, score: float, amap: np.ndarray, now: float) -> None:
         p = rt.profile
         rt.frames += 1
-        rt.first_mono = rt.first_mono or now
+        if rt.first_mono is None:
+            rt.first_mono, rt.first_wall = now, time.time()
         rt.last_mono = now
         rt.processed.tick(now)
         rt.latency.add((now - f.captured_mono) * 1000.0)
         rt.last_score = score
         rt.last_p = p.p_value(score)
         rt.anomalous = score > p.threshold
-        if rt.live is not None:
+        rt.latest = (f.image, amap, f.index)
+        rt.recent_scores.append((f.captured, score))
+        if rt.calibration.collecting:
             self._collect(rt, f, score, amap)
             return
         obs = Observation(
@@ -176,37 +159,23 @@ class Pipeline:
             rt.alerts += 1
             self.on_alert(rt, event, now)
         if not rt.anomalous and not rt.hysteresis.is_open:
-            status = rt.drift.update(score)
-            if status is not None:
-                if status.drifting and not (rt.drift_status and rt.drift_status.drifting):
-                    log.warning(
-                        "score drift: recalibrate the line if the product or setup changed",
-                        extra={"fields": {"camera": rt.name, "line": p.line, **status.to_dict()}},
-                    )
-                rt.drift_status = status
+            self._watch_drift(rt, score)
+
+    def _watch_drift(self, rt: CameraRuntime, score: float) -> None:
+        status = rt.drift.update(score)
+        if status is None:
+            return
+        if status.drifting and not (rt.drift_status and rt.drift_status.drifting):
+            log.warning(
+                "score drift: recalibrate the line if the product or setup changed",
+                extra={"fields": {"camera": rt.name, "line": rt.line, **status.to_dict()}},
+            )
+        rt.drift_status = status
 
     def _collect(self, rt: CameraRuntime, f: Frame, score: float, amap: np.ndarray) -> None:
-        live = rt.live
-        assert live is not None
-        try:
-            live.add(f.image, score, amap)
-        except Exception as exc:
-            rt.live = None
-            rt.live_state = {"state": "failed", "line": live.line, "error": str(exc)}
-            self.on_progress(rt)
+        message = rt.calibration.add(f.image, score, amap)
+        if message is None:
             return
-        step = max(1, live.n // 10)
-        if live.done:
-            rt.live = None
-            rt.live_state = {"state": "building", "line": live.line, "collected": live.collected, "frames": live.n}
-            self.on_progress(rt)
-            self.on_calibrated(rt, live)
-        elif live.collected % step == 0:
-            rt.live_state = {
-                "state": "collecting",
-                "line": live.line,
-                "collected": live.collected,
-                "frames": live.n,
-                "far": live.far,
-            }
-            self.on_progress(rt)
+        self.on_calibration(rt)
+        if message.state == "building":
+            self.on_collected(rt)

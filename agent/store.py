@@ -18,6 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -59,6 +60,10 @@ class EventRow(AgentBase):
     messages: Mapped[int] = mapped_column(Integer, default=0)
     end_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     latency_ms: Mapped[float] = mapped_column(Float)
+    # The latest alert message as published, the frame it shows, and the scores over the event (console).
+    payload: Mapped[str | None] = mapped_column(Text, nullable=True)
+    frame_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    scores: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class OutboxRow(AgentBase):
@@ -78,11 +83,34 @@ class OutboxRow(AgentBase):
 
 
 class CameraStateRow(AgentBase):
+    """The line a camera was switched to at run time, and the line its configuration named then."""
+
     __tablename__ = "camera_state"
 
     camera: Mapped[str] = mapped_column(String(64), primary_key=True)
     line: Mapped[str] = mapped_column(String(128))
     updated: Mapped[str] = mapped_column(String(40))
+    config_line: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+@dataclass(frozen=True)
+class PersistedLines:
+    """Which line each camera judges at start. A line switched at run time (`line/set`) stands across
+    restarts while the configuration still names the line it named when the switch happened; once someone
+    edits the camera's `line` in the configuration, the edit wins."""
+
+    rows: dict[str, tuple[str, str | None, str]]  # camera -> (line, config line then, when)
+
+    def line_for(self, camera: str, config_line: str) -> tuple[str, str]:
+        """(line, why) for a camera whose configuration names `config_line`."""
+        if camera not in self.rows:
+            return config_line, "the configuration"
+        line, then, when = self.rows[camera]
+        if line == config_line:
+            return config_line, "the configuration"
+        if then is not None and then != config_line:
+            return config_line, f"the configuration, edited since the switch to {line} at {when}"
+        return line, f"switched at run time at {when} (the configuration says {config_line})"
 
 
 @dataclass
@@ -99,12 +127,23 @@ class OutboxMessage:
 
 @dataclass
 class AlertRecord:
-    """Everything one alert message writes: the event row's new state, the heatmap, the outbox rows."""
+    """Everything one alert message writes: the event row's new state, the heatmap and the frame it shows, the
+    outbox rows."""
 
     event: dict[str, Any]
     heatmap_jpeg: bytes | None
     messages: list[tuple[str, bytes, int, bool, str]]  # topic, payload, qos, retain, kind
     captured_mono: float
+    frame_jpeg: bytes | None = None
+
+
+# Columns added to tables of an older agent's database: (table, column, SQL type).
+ADDED_COLUMNS = (
+    ("camera_state", "config_line", "VARCHAR(128)"),
+    ("events", "payload", "TEXT"),
+    ("events", "frame_path", "VARCHAR(512)"),
+    ("events", "scores", "TEXT"),
+)
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -129,6 +168,15 @@ class AgentStore:
         self.cfg = cfg
         heatmaps.mkdir(parents=True, exist_ok=True)
         AgentBase.metadata.create_all(engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """A database made by an older agent lacks the columns added since; its rows keep what they had."""
+        with self.engine.begin() as conn:
+            for table, column, sql_type in ADDED_COLUMNS:
+                columns = {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+                if column not in columns:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}")
 
     # ------------------------------------------------------------------ reads
     def pending(self, after_id: int, limit: int) -> list[OutboxMessage]:
@@ -143,9 +191,11 @@ class AgentStore:
         with Session(self.engine) as s:
             return int(s.scalar(select(func.count()).select_from(OutboxRow)) or 0)
 
-    def camera_lines(self) -> dict[str, str]:
+    def camera_lines(self) -> PersistedLines:
         with Session(self.engine) as s:
-            return {r.camera: r.line for r in s.scalars(select(CameraStateRow))}
+            return PersistedLines(
+                {r.camera: (r.line, r.config_line, r.updated) for r in s.scalars(select(CameraStateRow))}
+            )
 
     def events(self, camera: str | None = None) -> list[EventRow]:
         with Session(self.engine) as s:
@@ -166,28 +216,39 @@ class AgentStore:
         return out
 
     # ------------------------------------------------------------------ writes (writer thread only)
-    def record_alert(self, rec: AlertRecord) -> list[int]:
-        ev = rec.event
-        path = None
-        if rec.heatmap_jpeg is not None:
-            folder = self.heatmaps / ev["event_id"]
+    def _write_files(self, rec: AlertRecord) -> dict[str, str]:
+        """The heatmap (one file per message) and the frame (the event's latest) beside the event's row."""
+        written: dict[str, str] = {}
+        folder = self.heatmaps / rec.event["event_id"]
+        files = {
+            "heatmap_path": (f"{rec.event['messages']:03d}.jpg", rec.heatmap_jpeg),
+            "frame_path": ("frame.jpg", rec.frame_jpeg),
+        }
+        for column, (name, data) in files.items():
+            if data is None:
+                continue
+            path = folder / name
             try:
                 folder.mkdir(parents=True, exist_ok=True)
-                path = folder / f"{ev['messages']:03d}.jpg"
-                path.write_bytes(rec.heatmap_jpeg)
+                path.write_bytes(data)
+                written[column] = str(path)
             except OSError as exc:
                 if is_disk_full(exc):
-                    with contextlib.suppress(OSError):
-                        path and path.unlink()
+                    for done in [path, *map(Path, written.values())]:
+                        with contextlib.suppress(OSError):
+                            done.unlink()
                     raise
-                log.error("heatmap file not written", extra={"fields": {"event_id": ev["event_id"], "error": str(exc)}})
-                path = None
+                fields = {"event_id": rec.event["event_id"], "file": name, "error": str(exc)}
+                log.error("alert file not written", extra={"fields": fields})
+        return written
+
+    def record_alert(self, rec: AlertRecord) -> list[int]:
+        ev = rec.event
+        written = self._write_files(rec)
         try:
             with Session(self.engine) as s, s.begin():
                 row = s.scalar(select(EventRow).where(EventRow.event_id == ev["event_id"]))
-                values = dict(ev)
-                if path is not None:
-                    values["heatmap_path"] = str(path)
+                values = dict(ev) | written
                 if row is None:
                     s.add(EventRow(**values))
                 else:
@@ -212,25 +273,23 @@ class AgentStore:
                     ids.append(o.id)
             return ids
         except Exception:
-            if path is not None:
+            for path in written.values():
                 with contextlib.suppress(OSError):
-                    path.unlink()
+                    Path(path).unlink()
             raise
 
     def ack(self, ids: list[int]) -> None:
         with Session(self.engine) as s, s.begin():
             s.execute(delete(OutboxRow).where(OutboxRow.id.in_(ids)))
 
-    def set_line(self, camera: str, line: str) -> None:
-        from datetime import datetime, timezone
-
+    def set_line(self, camera: str, line: str, config_line: str) -> None:
         with Session(self.engine) as s, s.begin():
             row = s.get(CameraStateRow, camera)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             if row is None:
-                s.add(CameraStateRow(camera=camera, line=line, updated=now))
+                s.add(CameraStateRow(camera=camera, line=line, updated=now, config_line=config_line))
             else:
-                row.line, row.updated = line, now
+                row.line, row.updated, row.config_line = line, now, config_line
 
     def _delete_events(self, s: Session, rows: list[EventRow]) -> int:
         for r in rows:

@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PIXEL_FAR = 0.001
 EXAMPLES = 4
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def half(maps: np.ndarray) -> np.ndarray:
+    """Maps kept as float16 to halve their memory; anomaly values are unbounded above, so they are capped at
+    float16's largest value (65504 nats, far beyond any threshold) instead of overflowing to inf."""
+    return np.minimum(maps, _F16_MAX).astype(np.float16)
 
 
 @dataclass
@@ -118,7 +125,7 @@ def score_frames(
     for i in progress(chunks, total=len(chunks), desc=desc):
         out = backend.infer(to_batch(frames[i : i + batch], backend.image_size), line)
         scores.append(out.scores)
-        maps.append(out.maps.astype(np.float16))
+        maps.append(half(out.maps))
     s = np.concatenate(scores).astype(np.float64)
     m = np.concatenate(maps)
     # The highest-scoring normals are the most useful examples: what the model finds least normal.
@@ -228,7 +235,7 @@ class LiveCalibration:
         elif shape != self.shape:
             raise DataError(f"calibrate: frame {self.collected + 1} is {shape}, earlier frames {self.shape}")
         self.scores.append(float(score))
-        self.maps.append(amap.astype(np.float16))
+        self.maps.append(half(amap))
         self.digest.update(hashlib.sha256(frame.tobytes()).digest())
         if len(self.examples) < EXAMPLES:
             self.examples.append((f"frame{self.collected:05d}", frame.copy(), amap.copy(), float(score)))

@@ -6,13 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DatabaseError
-from sqlalchemy.orm import DeclarativeBase
 
 from hgad.errors import BadInputError
-
-
-class Base(DeclarativeBase):
-    """Tables owned by calibration (profiles)."""
 
 
 def _pragmas(dbapi_connection, _record) -> None:
@@ -42,10 +37,3 @@ def open_database(path: Path | str) -> Engine:
         engine.dispose()
         raise BadInputError(f"database: {path} is not an SQLite database or is damaged ({exc.orig})") from None
     return engine
-
-
-def create_tables(engine: Engine) -> None:
-    # Import here so the mapped classes are registered on Base before create_all.
-    from . import store  # noqa: F401
-
-    Base.metadata.create_all(engine)

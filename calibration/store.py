@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import (
@@ -20,12 +21,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from hgad.errors import BadInputError
 
-from .db import Base, create_tables
 from .profile import Profile
+
+
+class Base(DeclarativeBase):
+    """Tables owned by calibration (profiles)."""
 
 
 class ProfileMismatchError(BadInputError):
@@ -69,7 +73,7 @@ class CalibrationRow(Base):
 class ProfileStore:
     def __init__(self, engine: Engine):
         self.engine = engine
-        create_tables(engine)
+        Base.metadata.create_all(engine)
 
     def save(self, profile: Profile, activate: bool = True) -> Profile:
         """Store a new version for the profile's line; with `activate`, it supersedes the active one
@@ -114,15 +118,16 @@ class ProfileStore:
             row = s.scalar(select(CalibrationRow).where(CalibrationRow.line == line, CalibrationRow.active.is_(True)))
             return row.profile() if row else None
 
-    def active_for(self, line: str, model_id: str) -> Profile:
-        """The active profile of `line`, which must belong to `model_id`."""
+    def active_for(self, line: str, model_id: str, also: Collection[str] = ()) -> Profile:
+        """The active profile of `line`, which must belong to `model_id` (or to a model in `also` whose profiles
+        of this line still hold for it: LoadedModel.profile_models)."""
         prof = self.active(line)
         if prof is None:
             raise BadInputError(
                 f"line {line!r} has no calibration profile; run: hgad-edge calibrate --model MODEL_DIR "
                 f"--line {line} --images DIR"
             )
-        if prof.model_id != model_id:
+        if prof.model_id != model_id and prof.model_id not in also:
             raise ProfileMismatchError(
                 f"line {line!r}: the active calibration {prof.calibration_id} (version {prof.version}) belongs "
                 f"to model {prof.model_id}, not to the loaded model {model_id}; recalibrate the line"
@@ -133,6 +138,11 @@ class ProfileStore:
         with Session(self.engine) as s:
             row = s.scalar(select(CalibrationRow).where(CalibrationRow.calibration_id == calibration_id))
             return row.profile() if row else None
+
+    def lines(self) -> list[str]:
+        """Every line with at least one profile, by name."""
+        with Session(self.engine) as s:
+            return list(s.scalars(select(CalibrationRow.line).distinct().order_by(CalibrationRow.line)))
 
     def history(self, line: str) -> list[Profile]:
         with Session(self.engine) as s:

@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
 
 from hgad.errors import BadInputError
 
+# scipy is imported inside the functions that need it: the agent's configuration check reads MIN_IMAGES from
+# here and must not wait a second for scipy.
 MIN_IMAGES = 20
 MIN_TAIL_IMAGES = 100
 MIN_EXCEEDANCES = 20
@@ -58,6 +59,8 @@ def pac_index(n: int, far: float, confidence: float) -> int | None:
     The coverage of the k-th order statistic is Beta(k, n - k + 1), so
     P(rate > far) = P(Binomial(n, 1 - far) >= k).
     """
+    from scipy import stats
+
     delta = 1.0 - confidence
     ks = np.arange(1, n + 1)
     ok = stats.binom.sf(ks - 1, n, 1.0 - far) <= delta
@@ -66,11 +69,15 @@ def pac_index(n: int, far: float, confidence: float) -> int | None:
 
 def far_upper_bound(n: int, k: int, confidence: float = BOUND_CONFIDENCE) -> float:
     """Upper `confidence` quantile of the realised false-alarm rate of the k-th of n order statistic."""
+    from scipy import stats
+
     return float(stats.beta.ppf(confidence, n + 1 - k, k))
 
 
 def gpd_threshold(scores: np.ndarray, far: float) -> tuple[float, dict]:
     """Peaks over threshold: fit a generalized Pareto to the exceedances over a high order statistic."""
+    from scipy import stats
+
     s = np.sort(np.asarray(scores, dtype=np.float64))
     n = s.size
     n_u = max(MIN_EXCEEDANCES, math.ceil(0.1 * n))

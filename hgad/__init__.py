@@ -1,4 +1,4 @@
-"""HGAD for the edge: a unified anomaly detector (frozen CNN, one normalizing flow per feature level,
-hierarchical Gaussian-mixture prior) for many product lines at once."""
+"""HGAD for the edge: one anomaly detector (a frozen CNN, a normalizing flow, a hierarchical Gaussian-mixture
+prior) for many product lines at once."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -50,16 +50,7 @@ def score_paths(
     return Scored(np.concatenate(scores), np.concatenate(maps))
 
 
-def evaluate(
-    model: HGAD,
-    data: Path,
-    classes: list[str] | None = None,
-    class_aware: bool = False,
-    device: str | torch.device = "cpu",
-    progress: Progress = quiet,
-) -> dict:
-    """The `eval` JSON: {"classes": {NAME: {image_auroc, pixel_auroc, aupro, ...}}, "mean": {...}, "mode"}."""
-    device = torch.device(device)
+def _check_lines(model: HGAD, data: Path, classes: list[str] | None, class_aware: bool) -> list[str]:
     chosen = classes or list(model.classes)
     if not classes:
         have = available_classes(data)
@@ -77,42 +68,51 @@ def evaluate(
                 f"--class-aware: class(es) {', '.join(unknown)} are not in the model "
                 f"(it knows {', '.join(model.classes)})"
             )
+    return chosen
+
+
+def line_metrics(subset: list[Sample], scored: Scored, size: int) -> dict:
+    """Image AUROC of every image; pixel AUROC and AUPRO of the images whose pixels are known.
+
+    An anomalous image without a ground-truth mask says nothing about which of its pixels are anomalous: read
+    as all-normal it would count its defect's pixels as false alarms. It counts for the image AUROC only."""
+    labels = np.array([s.label for s in subset], dtype=bool)
+    has_truth = np.array([not s.label or s.mask is not None for s in subset], dtype=bool)
+    masks = np.stack([read_mask(s.mask, size) for s, ok in zip(subset, has_truth, strict=True) if ok])
+    maps = scored.maps[has_truth]
+    return {
+        "image_auroc": auroc(labels, scored.scores),
+        "pixel_auroc": auroc(masks, maps),
+        "aupro": aupro(masks, maps),
+        "n_normal": int((~labels).sum()),
+        "n_anomalous": int(labels.sum()),
+        "n_without_mask": int((~has_truth).sum()),
+    }
+
+
+def evaluate(
+    model: HGAD,
+    data: Path,
+    classes: list[str] | None = None,
+    class_aware: bool = False,
+    device: str | torch.device = "cpu",
+    progress: Progress = quiet,
+) -> dict:
+    """The `eval` JSON: {"classes": {NAME: {image_auroc, pixel_auroc, aupro, ...}}, "mean": {...}, "mode"}."""
+    device = torch.device(device)
+    chosen = _check_lines(model, data, classes, class_aware)
     samples = load_split(data, "test", chosen)
-    size = model.cfg.image_size
     results = {}
     # The outer line also covers the metrics, which take a while at 768 px (tens of millions of pixels
     # sorted per line) and would otherwise pass in silence after each line's scoring bar.
     for cls in progress(chosen, total=len(chosen), desc="eval lines"):
         subset: list[Sample] = [s for s in samples if s.class_name == cls]
-        scored = score_paths(
-            model,
-            [s.path for s in subset],
-            cls if class_aware else None,
-            device,
-            progress=progress,
-            desc=f"score {cls}",
-        )
-        labels = np.array([s.label for s in subset], dtype=bool)
-        # An anomalous image without a ground-truth mask says nothing about which of its pixels are
-        # anomalous: read as all-normal it would count its defect's pixels as false alarms. It counts for
-        # the image AUROC only.
-        has_truth = np.array([not s.label or s.mask is not None for s in subset], dtype=bool)
-        masks = np.stack([read_mask(s.mask, size) for s, ok in zip(subset, has_truth, strict=True) if ok])
-        maps = scored.maps[has_truth]
-        n_without = int((~has_truth).sum())
-        if n_without:
-            log.warning(
-                "anomalous test images without a mask",
-                extra={"fields": {"line": cls, "images": n_without, "pixel_metrics": "leave them out"}},
-            )
-        results[cls] = {
-            "image_auroc": auroc(labels, scored.scores),
-            "pixel_auroc": auroc(masks, maps),
-            "aupro": aupro(masks, maps),
-            "n_normal": int((~labels).sum()),
-            "n_anomalous": int(labels.sum()),
-            "n_without_mask": n_without,
-        }
+        line = cls if class_aware else None
+        scored = score_paths(model, [s.path for s in subset], line, device, progress=progress, desc=f"score {cls}")
+        results[cls] = line_metrics(subset, scored, model.cfg.image_size)
+        if results[cls]["n_without_mask"]:
+            fields = {"line": cls, "images": results[cls]["n_without_mask"], "pixel_metrics": "leave them out"}
+            log.warning("anomalous test images without a mask", extra={"fields": fields})
     keys = ("image_auroc", "pixel_auroc", "aupro")
     mean = {k: float(np.nanmean([r[k] for r in results.values()])) for k in keys}
     return {"classes": results, "mean": mean, "mode": MODES[int(class_aware)]}

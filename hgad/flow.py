@@ -1,10 +1,18 @@
-"""Normalizing flow over the channel vector at each feature-map position.
+"""Normalizing flow over the channel vector at each grid position.
 
-Each block (after FrEIA's AllInOneBlock): an affine coupling whose subnet reads the passive half of the
-channels plus a 2-D sinusoidal positional encoding of the position and predicts a soft-clamped scale and
-a shift for the active half; then a learned global affine (softplus scale, starts at identity); then a
-fixed random orthogonal mixing of the channels. Tensors are channels-last, [..., C], so the same code
-trains on sampled positions [N, C] and scores whole maps [B, H, W, C] (a 1x1 convolution in effect).
+Each block (after FrEIA's AllInOneBlock) maps x in R^C, at a position with encoding p, to
+
+    x = [x1, x2]                     x1: the first floor(C/2) channels (passive), x2 the rest (active)
+    [a_s, a_t] = W2 relu(W1x x1 + W1p p + b1) + b2
+    s  = clamp * tanh(a_s / clamp)   soft-clamped log-scale
+    y  = [x1, x2 * exp(s) + a_t]
+    y' = (y * softplus(g) + h) Q^T   learned global affine (starts at identity), fixed random orthogonal Q
+
+    log|det J| = sum(s) + sum(log softplus(g))          (Q contributes nothing: |det Q| = 1)
+
+so the inverse exists in closed form and the log-determinant costs nothing. The output layer starts at zero:
+every block begins as the identity and early training is stable. Tensors are channels-last, [..., C], so the
+same code trains on sampled positions [N, C] and scores whole maps [B, H, W, C] (a 1x1 convolution in effect).
 """
 
 from __future__ import annotations

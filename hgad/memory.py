@@ -23,7 +23,7 @@ _M_MMAP_MAX = -4
 _INT_MAX = 2**31 - 1
 
 # Pixels per batch through the backbone: two 768 px frames, four at 512 px, sixteen at 256 px (the cap).
-# Larger batches are no faster on a CPU and only raise the peak (docs/results.md, session 8).
+# Larger batches are no faster on a CPU (its cores are busy at two 768 px frames) and only raise the peak.
 BATCH_PIXELS = 2 * 768 * 768
 MAX_BATCH = 16
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,13 +19,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
-from .errors import ModelFormatError
+from .errors import BadInputError, ModelFormatError
+from .migrations import migrate
 from .model import HGAD
+from .model_id import model_id
+from .replay import Replay
+from .replay import save as save_replay
 
 FORMAT = "hgad-edge-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 META = "model.json"
+# Readable by every user: the model is copied to a service user's folder (systemd/README.md), and it holds
+# no secret.
+FILE_MODE = 0o644
 
 
 @dataclass
@@ -34,37 +42,48 @@ class LoadedModel:
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def profile_models(self, line: str) -> set[str]:
+        """The models whose calibration profiles of `line` hold for this one: itself, and for a line kept when
+        lines were added (add_lines.py), the model it grew from (and that one's, in turn)."""
+        ids, lineage = {self.model_id}, self.meta.get("lineage")
+        while lineage and line in lineage.get("kept", []):
+            ids.add(lineage["from"])
+            lineage = lineage.get("before")
+        return ids
+
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file, read in 1 MiB chunks (weights and engines are large)."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with readable(path).open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
 
 
-def _model_id(weights_sha: str, config: dict[str, Any], normalisation: dict[str, Any]) -> str:
-    payload = json.dumps(
-        {"weights": weights_sha, "config": config, "normalisation": normalisation},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def readable(path: Path) -> Path:
+    """`path` (a file, or a folder to look into), or one line saying why this user cannot read it."""
+    folder = path.is_dir() if os.access(path.parent, os.X_OK) else False
+    if not os.access(path, os.R_OK | (os.X_OK if folder else 0)):
+        fix = f"chmod a+rx {path}" if folder else f"chmod a+r {path}"
+        raise BadInputError(f"{path}: not readable by this user (uid {os.getuid()}); e.g. {fix}")
+    return path
 
 
 def normalisation_of(model: HGAD) -> dict[str, Any]:
     return {
         "mean": list(model.cfg.backbone.mean),
         "std": list(model.cfg.backbone.std),
-        "ll_ref": [round(float(v), 6) for v in model.ll_ref.cpu()],
-        "entropy_ref": [round(float(v), 6) for v in model.entropy_ref.cpu()],
+        "ll_ref": round(float(model.ll_ref), 6),
     }
 
 
-def save_model(model: HGAD, out: Path, training: dict[str, Any] | None = None) -> str:
-    """Write the model directory; returns the model id."""
+def save_model(
+    model: HGAD, out: Path, training: dict[str, Any] | None = None, replay: Replay | None = None, **meta_extra: Any
+) -> str:
+    """Write the model directory (with the replay sample, when given); returns the model id."""
     out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, out.stat().st_mode | 0o755)  # a service user must be able to look inside
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS
     tmp = weights.with_suffix(".tmp")
@@ -72,15 +91,16 @@ def save_model(model: HGAD, out: Path, training: dict[str, Any] | None = None) -
     # two keys made the same model's file, and with it the model id, differ between saves. The format
     # version lives in model.json, which is what loading checks.
     save_file(state, str(tmp), metadata={"format": FORMAT})
+    os.chmod(tmp, FILE_MODE)
     tmp.replace(weights)
     config = model.cfg.to_dict()
     norm = normalisation_of(model)
     weights_sha = file_sha256(weights)
-    model_id = _model_id(weights_sha, config, norm)
+    mid = model_id(weights_sha, config, norm)
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_id": model_id,
+        "model_id": mid,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": list(model.cfg.classes),
         "backbone": model.cfg.backbone.name,
@@ -90,30 +110,37 @@ def save_model(model: HGAD, out: Path, training: dict[str, Any] | None = None) -
         "weights_sha256": weights_sha,
         "config": config,
         "training": training or {},
+        **meta_extra,
     }
+    if replay is not None:
+        save_replay(replay, out)
     (out / META).write_text(json.dumps(meta, indent=2) + "\n")
-    return model_id
+    os.chmod(out / META, FILE_MODE)
+    return mid
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     """model.json, checked for being ours and of a version we read."""
     if not path.is_dir():
         raise ModelFormatError(f"{path}: model directory does not exist")
+    readable(path)
     meta_path = path / META
     if not meta_path.is_file():
         raise ModelFormatError(f"{path}: not an hgad-edge model directory (no {META})")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(readable(meta_path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelFormatError(f"{meta_path}: not valid JSON ({exc}); the file is damaged or not ours") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ModelFormatError(f"{meta_path}: not an hgad-edge model (format is not {FORMAT!r})")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ModelFormatError(
-            f"{meta_path}: model format version {version} is not supported; this hgad-edge reads version "
-            f"{FORMAT_VERSION} (retrain the model with this version)"
+            f"{meta_path}: model format {version} was written by a newer hgad-edge; this one reads formats "
+            f"1 to {FORMAT_VERSION}: upgrade hgad-edge"
         )
+    if version not in range(1, FORMAT_VERSION + 1):
+        raise ModelFormatError(f"{meta_path}: model format version {version!r} is not one this hgad-edge knows")
     for key in ("model_id", "config", "weights_sha256", "normalisation"):
         if key not in meta:
             raise ModelFormatError(f"{meta_path}: missing key {key!r}")
@@ -130,15 +157,15 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         raise ModelFormatError(
             f"{weights}: content does not match {META} (truncated, damaged or replaced); copy the model again"
         )
-    cfg = ModelConfig.from_dict(meta["config"], source=str(path / META))
-    # Hash the configuration as written, not as re-read: keys added since (with defaults that keep old
-    # models as they were built) must not make an older model look edited.
-    if _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"]) != meta["model_id"]:
+    # The id is checked on the metadata as written, before any conversion of an older format.
+    if model_id(meta["weights_sha256"], meta["config"], meta["normalisation"]) != meta["model_id"]:
         raise ModelFormatError(f"{path / META}: model_id does not match the content (the file was edited)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from None
+    meta, state = migrate(meta, state, FORMAT_VERSION, str(path / META))
+    cfg = ModelConfig.from_dict(meta["config"], source=str(path / META))
     model = HGAD(cfg, pretrained_backbone=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -1,10 +1,18 @@
-"""Latent priors of one feature level, with their training losses and their scoring terms.
+"""Latent priors of the flow, with their training losses and their scoring terms.
 
-`HierarchicalPrior` is HGAD's: K main centres mu_k with class weights pi = softmax(psi) (the inter-class
-mixture), and per class M intra-class centres nu_k1 = sg(mu_k), nu_km = sg(mu_k) + delta_km with weights
-w_k = softmax(phi_k). `SinglePrior` is the plain N(0, I) flow prior, the ablation baseline.
+`HierarchicalPrior` is HGAD's: K main centres mu_k with line weights pi = softmax(psi) (the inter-class
+mixture), and per line M intra-class centres nu_k1 = sg(mu_k), nu_km = sg(mu_k) + delta_km with weights
+w_k = softmax(phi_k) (sg: stop-gradient). With d_nk = ||z_n - mu_k||^2 and C channels, training minimises
 
-All log-likelihoods are per dimension (divided by C), as in the paper's losses.
+    L_g  = -[logsumexp_k(-d_nk / 2 + log pi_k) + log|det J_n|] / C
+    L_mi = label-smoothed cross-entropy of the image's line y over the logits -d_nk / 2 + sg(log pi_k)
+    L_e  = entropy of softmax_k(-d_nk / 2)
+    L_in = -[logsumexp_m(-||z_n - nu_ym||^2 / 2 + log w_ym) + log|det J_n|] / C   (from the third epoch)
+
+    total = lambda1 L_g + lambda2 L_mi + L_e (+ L_in)
+
+and a position scores log sum_k pi_k sum_m w_km N(z; nu_km, I) per dimension. `SinglePrior` is N(0, I), the
+ablation baseline. With `learn_scale` (AltUB) each line's Gaussians get a learned diagonal scale.
 """
 
 from __future__ import annotations
@@ -31,13 +39,11 @@ class LevelLosses:
     parts: dict[str, torch.Tensor]
 
 
-class LevelScores(NamedTuple):
-    """One level's scoring terms at each position: per-dimension log-likelihood, inter-class entropy, and
-    the per-class log-joint log p(z, k) in nats plus the class bias, [..., K], from which the model infers
-    an image's line (`HGAD.line_weights`)."""
+class PriorScores(NamedTuple):
+    """Scoring terms at each position: the per-dimension log-likelihood, and the per-line log-joint
+    log p(z, k) in nats plus the line bias, [..., K], from which the model infers an image's line."""
 
     ll: torch.Tensor
-    entropy: torch.Tensor
     joint: torch.Tensor
 
 
@@ -53,15 +59,11 @@ def entropy_of_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def orthogonal_centres(n_classes: int, channels: int, distance: float, generator: torch.Generator, axes: bool = False):
-    """Main centres at a pairwise distance of `distance`: orthonormal rows scaled by distance / sqrt(2).
-    `axes` puts centre k on latent axis k, so that a diagonal per-class scale can follow the directions
-    that separate the classes."""
-    if axes and n_classes <= channels:
+def orthogonal_centres(n_classes: int, channels: int, distance: float, generator: torch.Generator):
+    """Main centres at a pairwise distance of `distance`: centre k on latent axis k (orthonormal rows scaled
+    by distance / sqrt(2)), so that a diagonal per-line scale can follow the directions that separate lines."""
+    if n_classes <= channels:
         rows = torch.eye(n_classes, channels, dtype=torch.float64)
-    elif n_classes <= channels:
-        q, _ = torch.linalg.qr(torch.randn(channels, n_classes, generator=generator, dtype=torch.float64))
-        rows = q.t()
     else:
         # More classes than channels: no orthogonal set exists; random directions are nearly so.
         rows = F.normalize(torch.randn(n_classes, channels, generator=generator, dtype=torch.float64), dim=1)
@@ -69,17 +71,13 @@ def orthogonal_centres(n_classes: int, channels: int, distance: float, generator
 
 
 class HierarchicalPrior(nn.Module):
-    has_entropy = True
-
     def __init__(self, n_classes: int, channels: int, cfg: PriorConfig, generator: torch.Generator):
         super().__init__()
         self.n_classes = n_classes
         self.channels = channels
         self.n_centres = cfg.n_centres
         self.scale_clamp = cfg.scale_clamp
-        self.mu = nn.Parameter(
-            orthogonal_centres(n_classes, channels, cfg.init_distance, generator, axes=cfg.centres == "axes")
-        )
+        self.mu = nn.Parameter(orthogonal_centres(n_classes, channels, cfg.init_distance, generator))
         self.psi = nn.Parameter(torch.zeros(n_classes))
         self.delta = nn.Parameter(torch.randn(n_classes, cfg.n_centres - 1, channels, generator=generator))
         self.phi = nn.Parameter(torch.zeros(n_classes, cfg.n_centres))
@@ -137,27 +135,21 @@ class HierarchicalPrior(nn.Module):
             parts["L_in"] = l_in
         return LevelLosses(total, parts)
 
-    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
-        """Per-dimension log-likelihood, inter-class entropy and per-class log-joint at each position.
+    def score(self, z: torch.Tensor, class_bias: torch.Tensor) -> PriorScores:
+        """Per-dimension latent log-density and per-line log-joint at each position.
 
-        `class_bias` ([..., K], 0 for an allowed class and MASKED otherwise) selects the mixture:
-        all zeros is class-agnostic (logsumexp over every class and centre), one zero is class-aware.
-        Class-aware keeps log pi_y, i.e. it scores log p(z, y), so one frozen reference serves both modes.
-        `entropy` false returns zeros for the entropy map: a model that does not combine it leaves the
-        per-position softmax over K lines out of its graph.
+        `class_bias` ([..., K], 0 for an allowed line and MASKED otherwise) selects the mixture: all zeros is
+        class-agnostic (logsumexp over every line and centre), one zero is class-aware. Class-aware keeps
+        log pi_y, i.e. it scores log p(z, y), so one frozen reference serves both modes.
         """
         log_pi = F.log_softmax(self.psi, dim=0)
         joint = log_pi + self._intra_log_density(z) + class_bias
-        ll = (torch.logsumexp(joint, dim=-1) + logdet) / self.channels - LOG_2PI_HALF
-        if not entropy:
-            return LevelScores(ll, torch.zeros_like(ll), joint)
-        return LevelScores(ll, entropy_of_logits(self._main_logits(z)), joint)
+        ll = torch.logsumexp(joint, dim=-1) / self.channels - LOG_2PI_HALF
+        return PriorScores(ll, joint)
 
 
 class SinglePrior(nn.Module):
-    """N(0, I): one Gaussian for every class. The flow learns the 'homogeneous mapping' shortcut here."""
-
-    has_entropy = False
+    """N(0, I): one Gaussian for every line, the baseline the hierarchical prior is measured against."""
 
     def __init__(self, n_classes: int, channels: int):
         super().__init__()
@@ -170,12 +162,12 @@ class SinglePrior(nn.Module):
         l_g = -(-0.5 * (z * z).sum(dim=-1) + logdet).mean() / self.channels
         return LevelLosses(cfg.lambda1 * l_g, {"L_g": l_g})
 
-    def score(self, z: torch.Tensor, logdet: torch.Tensor, class_bias: torch.Tensor, entropy: bool = True):
-        ll = (-0.5 * (z * z).sum(dim=-1) + logdet) / self.channels - LOG_2PI_HALF
+    def score(self, z: torch.Tensor, class_bias: torch.Tensor) -> PriorScores:
+        ll = -0.5 * (z * z).sum(dim=-1) / self.channels - LOG_2PI_HALF
         # One Gaussian for every line says nothing about which line this is: only the bias does (uniform when
         # class-agnostic, the given line when class-aware).
         joint = class_bias.expand(*ll.shape, class_bias.shape[-1])
-        return LevelScores(ll, torch.zeros_like(ll), joint)
+        return PriorScores(ll, joint)
 
 
 def build_prior(cfg: PriorConfig, n_classes: int, channels: int, seed: int) -> nn.Module:

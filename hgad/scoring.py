@@ -1,9 +1,15 @@
-"""From per-level log-likelihood and entropy maps to one anomaly map and one image score.
+"""From the grid of log-likelihoods to one anomaly map and one image score.
 
-As in the paper, each level's map becomes a 'normality' in (0, 1] by exp(value - reference), levels are
-upsampled and summed, and normality turns into anomaly by subtracting from its largest possible value.
-Unlike the paper's code, the references are frozen from normal training data (never the batch or the
-test set), so a frame's score depends on that frame alone.
+A position's anomaly is how far its log-likelihood falls below the frozen reference of normal (a high
+quantile of normal training log-likelihoods), in nats per feature dimension: max(ref - ll, 0), 0 at or above
+the reference. The map is upsampled to the input size and smoothed with a Gaussian; the image score is its
+maximum. The reference is frozen from normal training data (never the batch or a test set), so a frame's
+score depends on that frame alone.
+
+The difference is kept in log space rather than turned into a probability-like 1 - exp(ll - ref): that
+saturates at exactly 1.0 in float32 once a region falls 17 nats below the reference, which a small model
+reaches on ordinary normal frames, and then normal frames, defects and golden-frame parity checks all read
+1.0. At the default size both rank the same (docs/results.md).
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ScoreConfig
+# Far beyond any threshold (normal frames score 0 to a few tens), and finite in half precision (fp16 engines):
+# a frame of pure noise must still give a finite score, which JSON can carry.
+MAX_ANOMALY = 1.0e4
 
 
 def gaussian_kernel1d(sigma: float) -> torch.Tensor:
@@ -40,35 +48,12 @@ class GaussianBlur(nn.Module):
         return x[:, 0]
 
 
-def normality(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """exp(values - reference) capped at 1: 1 is as normal as the bulk of the training data."""
-    return torch.exp((values - reference).clamp_max(0.0))
+def anomaly_map(ll: torch.Tensor, reference: torch.Tensor, size: int) -> torch.Tensor:
+    """Log-likelihoods [B, h, w] -> anomaly [B, size, size], 0 where as normal as the reference."""
+    anomaly = (reference - ll).clamp(0.0, MAX_ANOMALY)
+    return F.interpolate(anomaly[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
 
 
-def anomaly_from_levels(level_maps: list[torch.Tensor], references: torch.Tensor, size: int) -> torch.Tensor:
-    """Sum of upsampled level normalities, turned around: 0 is normal, len(levels) is the maximum."""
-    total = None
-    for i, m in enumerate(level_maps):
-        up = F.interpolate(
-            normality(m, references[i])[:, None], size=(size, size), mode="bilinear", align_corners=True
-        )[:, 0]
-        total = up if total is None else total + up
-    return float(len(level_maps)) - total
-
-
-def top_count(cfg: ScoreConfig, pixels: int) -> int:
-    """How many of the map's highest pixels the image score averages (1 for the maximum)."""
-    if cfg.image_score == "topk":
-        return max(1, min(cfg.topk, pixels))
-    if cfg.image_score == "top_fraction":
-        # A fraction of the map, so the score means the same at every input size.
-        return max(1, min(round(cfg.top_fraction * pixels), pixels))
-    return 1
-
-
-def image_score(amap: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
-    flat = amap.flatten(1)
-    k = top_count(cfg, flat.shape[1])
-    if k == 1:
-        return flat.amax(dim=1)
-    return flat.topk(k, dim=1).values.mean(dim=1)
+def image_score(amap: torch.Tensor) -> torch.Tensor:
+    """The smoothed map's highest value: one frame's anomaly score."""
+    return amap.flatten(1).amax(dim=1)

@@ -1,7 +1,7 @@
 """Shared fixtures: a small trained model on synthetic data, a real Mosquitto broker, an MQTT collector.
 
-The model is real (packaged Lite0 weights, real training) but small: 128 px, two lines, a few epochs,
-so the whole suite trains it once in well under a minute on two CPU cores.
+The model is real (packaged Lite0 weights, real training) and the default recipe, only smaller: 128 px and
+fewer epochs, two lines, so the whole suite trains it once in seconds on two CPU cores.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from hgad.config import BackboneConfig, FlowConfig, ModelConfig, PriorConfig, ScoreConfig, TrainConfig
+from hgad.config import ModelConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.data.synth import SynthSpec, write_dataset
 from hgad.model import HGAD
@@ -34,16 +34,18 @@ from hgad.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 128
+EPOCHS = 6
+
+
+def rebuilt_config(cfg: ModelConfig, section: str = "train", **changes) -> ModelConfig:
+    """`cfg` with keys of `section` changed."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
 
 
 def rebuilt(trained: HGAD, section: str = "score", **changes) -> HGAD:
     """The trained model's weights under its configuration with keys of `section` changed."""
-    part = dataclasses.replace(getattr(trained.cfg, section), **changes)
-    cfg = dataclasses.replace(trained.cfg, **{section: part})
-    model = HGAD(cfg, pretrained_backbone=False)
-    # Without position statistics the model has no buffers for them.
-    own = model.state_dict()
-    model.load_state_dict({k: v for k, v in trained.state_dict().items() if k in own})
+    model = HGAD(rebuilt_config(trained.cfg, section, **changes), pretrained_backbone=False)
+    model.load_state_dict(trained.state_dict())
     return model.eval()
 
 
@@ -67,22 +69,7 @@ def tiny_data(tmp_path_factory) -> Path:
 def tiny_model_dir(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("model")
     classes = ("fabric", "pcb")
-    # The default fused level, on the stride-8 grid: at this small input the default stride-16 grid would be
-    # 8 x 8 cells, too coarse for the rig's defects (at the default 768 px it is 48 x 48).
-    # The flow depth, positions per image, prior, losses and score are session 9's (8 blocks, 256 positions,
-    # learned scale, lambda2 100, likelihood x entropy with the log-determinant): the agent tests need a model
-    # that separates the rig's frames after 4 epochs on 40 images, and with the session-10 defaults one normal
-    # rig frame scored just above its calibrated threshold. Those defaults are measured on the benchmarks
-    # (docs/results.md) and tested on their own.
-    cfg = ModelConfig(
-        classes=classes,
-        image_size=SIZE,
-        backbone=BackboneConfig(fuse_stride=8),
-        flow=FlowConfig(n_blocks=8),
-        prior=PriorConfig(learn_scale=True),
-        train=TrainConfig(epochs=4, seed=0, lambda2=100.0, positions_per_image=256),
-        score=ScoreConfig(combine="product", logdet=True),
-    )
+    cfg = ModelConfig(classes=classes, image_size=SIZE, train=TrainConfig(epochs=EPOCHS))
     model, report = train(cfg, load_split(tiny_data, "train", list(classes)))
     save_model(model, out, report.to_dict())
     return out

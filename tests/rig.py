@@ -136,6 +136,7 @@ class Rig:
             "mqtt": {"host": "127.0.0.1", "port": self.port, "reconnect_min_s": 1, "reconnect_max_s": 2},
             "storage": {"state_dir": str(self.root / "state")},
             "health": {"stats_interval_s": 1, "state_interval_s": 0.5},
+            "web": {"enabled": False},
         }
         for key, value in overrides.items():
             if isinstance(value, dict) and isinstance(cfg.get(key), dict):

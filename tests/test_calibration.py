@@ -354,3 +354,11 @@ def test_calibrate_bad_input_changes_nothing(case, expect, tiny_model_dir, norma
         assert db.read_text().startswith("a line engineer's notes")
         return
     assert _active(db) == before
+
+
+def test_maps_kept_in_half_precision_are_capped_not_infinite():
+    from calibration.calibrate import half
+
+    maps = np.array([[0.0, 1.5, 7e4, 1e9]], dtype=np.float32)
+    out = half(maps)
+    assert out.dtype == np.float16 and np.isfinite(out).all() and out[0, 1] == 1.5 and out[0, 3] == 65504

@@ -279,7 +279,7 @@ def test_damaged_model_is_one_clear_error(damage, tmp_path, tiny_model_dir, cali
     else:
         (model / "model.safetensors").unlink()
     rig = make_rig(tmp_path, model, broker.port, calibrated_db)
-    rig.start(rig.config(tmp_path / "none.avi"))
+    rig.start(rig.config(write_stream(tmp_path / "line.avi", build_stream([("normal", 3)]))))
     assert rig.wait(60) == 2
     out = rig.output().strip().splitlines()
     assert "Traceback" not in rig.output()
@@ -326,7 +326,7 @@ def test_dataset_naming_a_missing_image_is_one_clear_error(tmp_path, tiny_model_
 
 def test_disk_nearly_full_frees_space_oldest_first(tmp_path):
     """Real free space against a floor set just above it: deleting the oldest heatmaps makes room."""
-    from .test_agent_units import _record
+    from .test_agent_store import _record
 
     store = AgentStore(open_database(tmp_path / "a.sqlite"), tmp_path / "hm", StorageConfig(min_free_mb=0))
     blob = os.urandom(1 << 20)

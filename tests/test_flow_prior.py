@@ -65,24 +65,23 @@ def test_random_orthogonal_is_orthogonal():
     assert torch.allclose(q @ q.t(), torch.eye(12), atol=1e-5)
 
 
-def test_main_centres_are_orthogonal_at_the_configured_distance():
-    mu = orthogonal_centres(5, 16, 5.0, torch.Generator().manual_seed(0))
-    d = torch.cdist(mu, mu)
-    off = d[~torch.eye(5, dtype=bool)]
-    assert torch.allclose(off, torch.full_like(off, 5.0), atol=1e-4)
-
-
-def test_axis_centres_lie_on_the_first_axes_at_the_configured_distance():
-    mu = orthogonal_centres(4, 10, 5.0, torch.Generator().manual_seed(0), axes=True)
+def test_centres_lie_on_the_first_axes_at_the_configured_distance():
+    mu = orthogonal_centres(4, 10, 5.0, torch.Generator().manual_seed(0))
     assert torch.count_nonzero(mu[:, 4:]) == 0
     assert torch.allclose(mu[:, :4], torch.eye(4) * 5.0 / math.sqrt(2.0))
     d = torch.cdist(mu, mu)[~torch.eye(4, dtype=bool)]
     assert torch.allclose(d, torch.full_like(d, 5.0), atol=1e-4)
 
 
+def test_more_lines_than_channels_get_distinct_directions_at_the_distance():
+    mu = orthogonal_centres(12, 8, 5.0, torch.Generator().manual_seed(0))
+    assert torch.allclose(mu.norm(dim=1), torch.full((12,), 5.0 / math.sqrt(2.0)), atol=1e-5)
+    assert torch.cdist(mu, mu)[~torch.eye(12, dtype=bool)].min() > 0.5
+
+
 def test_learned_scale_enters_every_term_as_a_diagonal_gaussian():
-    """With learn_scale, L_g, the entropy and the score all use N(mu_k, diag(exp(2 s_k)))."""
-    cfg = PriorConfig(n_centres=1, learn_scale=True, centres="axes")
+    """With learn_scale, L_g and the score both use N(mu_k, diag(exp(2 s_k)))."""
+    cfg = PriorConfig(n_centres=1, learn_scale=True)
     prior = HierarchicalPrior(3, 6, cfg, torch.Generator().manual_seed(0))
     with torch.no_grad():
         prior.log_scale.copy_(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)) * 0.5)
@@ -96,11 +95,11 @@ def test_learned_scale_enters_every_term_as_a_diagonal_gaussian():
     expected_lg = -(torch.logsumexp(direct + log_pi, -1) + logdet).mean() / 6
     out = prior.losses(z, logdet, y, TrainConfig(), intra=False)
     assert torch.allclose(out.parts["L_g"], expected_lg, atol=1e-4)
-    ll, ent, _ = prior.score(z, logdet, torch.zeros(20, 3))
-    expected_ll = (torch.logsumexp(direct + log_pi, -1) + logdet) / 6 - 0.5 * math.log(2 * math.pi)
+    ll, joint = prior.score(z, torch.zeros(20, 3))
+    # The score is the latent density: the flow's log-determinant is left out (FastFlow's choice).
+    expected_ll = torch.logsumexp(direct + log_pi, -1) / 6 - 0.5 * math.log(2 * math.pi)
     assert torch.allclose(ll, expected_ll, atol=1e-4)
-    p = torch.softmax(direct, -1)
-    assert torch.allclose(ent, -(p * p.log()).sum(-1), atol=1e-4)
+    assert torch.allclose(joint, direct + log_pi, atol=1e-4)
 
 
 def test_intra_class_centres_detach_the_main_centre():
@@ -131,9 +130,9 @@ def test_class_aware_scores_only_the_given_class():
     aware_right[:, 1] = 0.0
     aware_wrong = torch.full((4, 3), MASKED)
     aware_wrong[:, 0] = 0.0
-    ll_a = prior.score(z, torch.zeros(4), agnostic).ll
-    ll_r = prior.score(z, torch.zeros(4), aware_right).ll
-    ll_w = prior.score(z, torch.zeros(4), aware_wrong).ll
+    ll_a = prior.score(z, agnostic).ll
+    ll_r = prior.score(z, aware_right).ll
+    ll_w = prior.score(z, aware_wrong).ll
     # At its own centre, the class-aware likelihood equals the agnostic one (other classes are far) ...
     assert torch.allclose(ll_a, ll_r, atol=1e-3)
     # ... and the wrong class makes the same point very unlikely.
@@ -143,20 +142,24 @@ def test_class_aware_scores_only_the_given_class():
 def test_single_prior_is_the_standard_normal():
     prior = SinglePrior(2, 4)
     z = torch.zeros(3, 4)
-    ll, ent, _ = prior.score(z, torch.zeros(3), torch.zeros(3, 2))
+    ll, joint = prior.score(z, torch.zeros(3, 2))
     assert torch.allclose(ll, torch.full((3,), -0.5 * math.log(2 * math.pi)))
-    assert torch.count_nonzero(ent) == 0
+    # One Gaussian says nothing about the line: the joint is the bias alone.
+    assert torch.count_nonzero(joint) == 0
 
 
-def test_unknown_centre_layout_is_one_clear_error():
+@pytest.mark.parametrize(
+    ("section", "change", "match"),
+    [
+        ("prior", {"kind": "flat"}, "prior.kind: 'flat' is not one of hgad, single"),
+        ("prior", {"centres": "axes"}, "prior.centres: unknown key"),
+        ("prior", {"learn_scale": 1}, "prior.learn_scale: 1 is not true/false"),
+        ("flow", {"n_blocks": 0}, "flow.n_blocks: 0 must be at least 1"),
+        ("flow", {"pos_dim": 10}, "flow.pos_dim: 10 must be a positive multiple of 4"),
+    ],
+)
+def test_bad_flow_and_prior_settings_are_one_clear_error(section, change, match):
     data = ModelConfig(classes=("a", "b")).to_dict()
-    data["prior"]["centres"] = "grid"
-    with pytest.raises(ModelFormatError, match=re.escape("prior.centres: 'grid' is not one of random, axes")):
+    data[section].update(change)
+    with pytest.raises(ModelFormatError, match=re.escape(match)):
         ModelConfig.from_dict(data)
-
-
-def test_model_json_without_centre_layout_loads():
-    # The layout only decides how centres start; a model saved before the key existed keeps its trained centres.
-    data = ModelConfig(classes=("a", "b")).to_dict()
-    del data["prior"]["centres"]
-    assert ModelConfig.from_dict(data).prior.centres == PriorConfig().centres

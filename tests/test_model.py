@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from hgad.config import ModelConfig, ScoreConfig, TrainConfig
+from hgad.config import ModelConfig, PriorConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.data.images import read_image
 from hgad.errors import DataError, ModelFormatError, TrainingDivergedError
-from hgad.model import HGAD
-from hgad.model_dir import _model_id, load_model, save_model
+from hgad.features import fit_standardisation
+from hgad.model_dir import load_model, save_model
 from hgad.runtime.export import export_program, program_parity
 from hgad.runtime.parity import golden_frames
 from hgad.train import class_balanced_draws, extract_features, fit_flows, fit_references, train
 
-from .conftest import SIZE, rebuilt
+from .conftest import SIZE, rebuilt, rebuilt_config
 
 
 def _frames(data, n=6):
@@ -44,10 +44,8 @@ def test_score_does_not_depend_on_the_rest_of_the_batch(tiny_model, tiny_data):
 
 def test_references_are_frozen_in_the_model(tiny_model):
     m = tiny_model.model
-    meta = tiny_model.meta["normalisation"]
-    assert np.allclose(meta["ll_ref"], m.ll_ref.numpy(), atol=1e-5)
-    assert np.allclose(meta["entropy_ref"], m.entropy_ref.numpy(), atol=1e-5)
-    assert torch.isfinite(m.ll_ref).all() and (m.ll_ref != 0).any()
+    assert tiny_model.meta["normalisation"]["ll_ref"] == pytest.approx(float(m.ll_ref), abs=1e-5)
+    assert torch.isfinite(m.ll_ref) and m.ll_ref != 0
 
 
 def test_defects_score_higher_than_normals(tiny_model, tiny_data):
@@ -70,7 +68,7 @@ def test_export_parity_would_catch_a_different_model(tiny_model, tiny_model_dir,
     """The parity check itself can fail: an exported program of changed weights disagrees."""
     other = load_model(tiny_model_dir)
     with torch.no_grad():
-        other.model.flows[0].blocks[0].global_shift.add_(3.0)
+        other.model.flow.blocks[0].global_shift.add_(3.0)
     parity = program_parity(tiny_model, export_program(other, 2).module(), batch=2)
     assert not parity.ok
 
@@ -125,19 +123,29 @@ def test_not_json_is_refused(tmp_path):
         load_model(tmp_path)
 
 
-def test_other_format_version_is_refused(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("version", "expect"),
+    [(3, "written by a newer hgad-edge.*upgrade hgad-edge"), (0, "format version 0"), ("2", "'2'")],
+)
+def test_another_format_version_is_refused(version, expect, tiny_model_dir, tmp_path):
     d = _copy(tiny_model_dir, tmp_path / "m")
     meta = json.loads((d / "model.json").read_text())
-    meta["format_version"] = 99
+    meta["format_version"] = version
     (d / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(ModelFormatError, match="version 99 is not supported"):
+    with pytest.raises(ModelFormatError, match=expect):
         load_model(d)
+
+
+def test_model_files_are_readable_by_every_user(tiny_model_dir):
+    """The systemd install copies the model for a service user: neither file may be private to its owner."""
+    for name in ("model.safetensors", "model.json"):
+        assert (tiny_model_dir / name).stat().st_mode & 0o444 == 0o444, name
 
 
 def test_edited_configuration_changes_nothing_silently(tiny_model_dir, tmp_path):
     d = _copy(tiny_model_dir, tmp_path / "m")
     meta = json.loads((d / "model.json").read_text())
-    meta["normalisation"]["ll_ref"][0] += 1.0
+    meta["normalisation"]["ll_ref"] += 1.0
     (d / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelFormatError, match="model_id does not match"):
         load_model(d)
@@ -160,8 +168,8 @@ def test_class_balanced_draws_even_out_unequal_lines():
 
 def test_nan_stops_training_with_the_epoch(tiny_model_dir, tiny_model):
     model = load_model(tiny_model_dir).model
-    feats = [torch.randn(4, c, s, s).half() for c, s in zip(model.channels, model.feature_sizes, strict=True)]
-    feats[0][0, 0, 0, 0] = float("nan")
+    feats = torch.randn(4, model.channels, model.side, model.side).half()
+    feats[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDivergedError, match=r"epoch 1, step 1.*loss is nan"):
         fit_flows(model, feats, torch.tensor([0, 0, 1, 1]), torch.device("cpu"))
 
@@ -169,15 +177,14 @@ def test_nan_stops_training_with_the_epoch(tiny_model_dir, tiny_model):
 def test_feature_cache_does_not_depend_on_the_batch_size(tiny_model, tiny_data):
     model = tiny_model.model
     paths = [s.path for s in load_split(tiny_data, "train", ["fabric"])[:5]]
-    one = extract_features(model, paths, torch.device("cpu"), batch=1)
+    a = extract_features(model, paths, torch.device("cpu"), batch=1)
     # Three frames per batch leaves a ragged last batch of two: every row must still be filled once.
-    three = extract_features(model, paths, torch.device("cpu"), batch=3)
-    for a, b, c, s in zip(one, three, model.channels, model.feature_sizes, strict=True):
-        assert a.shape == b.shape == (5, c, s, s) and a.dtype == torch.float16
-        assert torch.isfinite(a).all()
-        assert torch.allclose(a.float(), b.float(), atol=2e-3, rtol=1e-2)
-        # Different images give different rows (an unfilled or repeated row would not).
-        assert not torch.allclose(a[0].float(), a[4].float(), atol=1e-2)
+    b = extract_features(model, paths, torch.device("cpu"), batch=3)
+    assert a.shape == b.shape == (5, model.channels, model.side, model.side) and a.dtype == torch.float16
+    assert torch.isfinite(a).all()
+    assert torch.allclose(a.float(), b.float(), atol=2e-3, rtol=1e-2)
+    # Different images give different rows (an unfilled or repeated row would not).
+    assert not torch.allclose(a[0].float(), a[4].float(), atol=1e-2)
 
 
 def test_training_is_seeded(tiny_data):
@@ -195,79 +202,14 @@ def test_training_refuses_an_unknown_line(tiny_data):
         train(cfg, load_split(tiny_data, "train", ["pcb"])[:2])
 
 
-def _saved_without(tiny_model_dir, tmp_path, key: str):
-    """The tiny model as an older hgad-edge wrote it: without score.`key`, its id computed without it."""
-    d = _copy(tiny_model_dir, tmp_path / "m")
-    meta = json.loads((d / "model.json").read_text())
-    del meta["config"]["score"][key]
-    meta["model_id"] = _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"])
-    (d / "model.json").write_text(json.dumps(meta))
-    loaded = load_model(d)
-    assert loaded.model_id == meta["model_id"]
-    return loaded.model
-
-
-def test_model_saved_before_a_newer_config_key_still_loads(tiny_model_dir, tmp_path):
-    """A model written by an older hgad-edge lacks keys added since; it loads with its own settings."""
-    assert _saved_without(tiny_model_dir, tmp_path, "top_fraction").cfg.score.image_score == "max"
-
-
-def test_model_saved_before_score_logdet_scores_as_it_was_built(tiny_model_dir, tmp_path):
-    """Models from before session 10 scored with the log-determinant; without the key they still do."""
-    assert _saved_without(tiny_model_dir, tmp_path, "logdet").cfg.score.logdet is True
-
-
-def test_learned_scales_train_and_are_saved(tiny_model):
-    # The AltUB scale is an option (off by default since session 10; the rig's tiny model keeps it on).
-    # `tiny_model` is read back from its model directory, so scales away from their start (0) were both
-    # trained and saved.
-    assert tiny_model.model.cfg.prior.learn_scale
-    scales = [p.log_scale for p in tiny_model.model.priors]
-    assert all(s is not None for s in scales)
-    assert all(s.detach().abs().max() > 1e-3 for s in scales)
-
-
-def _level_input(model: HGAD) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two random channel-last feature maps of level 0 and a class-agnostic bias for them."""
-    side = model.feature_sizes[0]
-    x = torch.randn(2, side, side, model.channels[0], generator=torch.Generator().manual_seed(0))
-    return x, model.class_bias(None, 2)[:, None, None, :]
-
-
-def test_likelihood_map_leaves_out_the_log_determinant_unless_configured(tiny_model):
-    """score.logdet false (the default) scores the latent density alone; true adds log|det J| back."""
-    assert ScoreConfig().logdet is False
-    trained = tiny_model.model
-    models = {logdet: rebuilt(trained, logdet=logdet) for logdet in (False, True)}
-    x, bias = _level_input(trained)
-    with torch.inference_mode():
-        z, logdet = trained.flows[0](x, trained.positions(0))
-        assert logdet.abs().max() > 1e-2  # else leaving it out would change nothing
-        latent = trained.priors[0].score(z, torch.zeros_like(logdet), bias).ll
-        exact = trained.priors[0].score(z, logdet, bias).ll
-        off, _ = models[False].score_level(0, x, bias, raw=True)
-        on, _ = models[True].score_level(0, x, bias, raw=True)
-    assert torch.allclose(off, latent) and torch.allclose(on, exact)
-    assert not torch.allclose(off, on)
-
-
-def test_likelihood_only_model_leaves_the_entropy_map_out(tiny_model):
-    """combine "likelihood" (the default) never uses the class-entropy map, so the head does not compute it;
-    the likelihood map, and so the anomaly map, is what the product model's likelihood part gives."""
-    trained = tiny_model.model
-    assert trained.cfg.score.combine == "product" and trained.uses_entropy
-    plain = rebuilt(trained, combine="likelihood")
-    assert not plain.uses_entropy
-    x, bias = _level_input(trained)
-    with torch.inference_mode():
-        ll_full, ent_full = trained.score_level(0, x, bias)
-        ll, ent = plain.score_level(0, x, bias)
-        amap = plain.forward_maps([ll], [ent])
-        from_full = plain.forward_maps([ll_full], [ent_full])
-    assert ent_full.abs().max() > 1e-4  # the product model does compute it
-    assert torch.count_nonzero(ent) == 0
-    assert torch.equal(ll, ll_full)
-    assert torch.allclose(amap, from_full)
+def test_learned_scales_train_and_are_saved(tiny_data, tmp_path):
+    """AltUB's learned per-line scale (an ablation, off in the recipe) trains and is saved with the model."""
+    cfg = ModelConfig(classes=("fabric", "pcb"), image_size=SIZE, prior=PriorConfig(learn_scale=True))
+    cfg = rebuilt_config(cfg, epochs=2)
+    model, report = train(cfg, load_split(tiny_data, "train", ["fabric", "pcb"])[::4])
+    save_model(model, tmp_path / "m", report.to_dict())
+    scale = load_model(tmp_path / "m").model.prior.log_scale
+    assert scale is not None and scale.detach().abs().max() > 1e-3
 
 
 def test_evaluation_reports_progress_over_lines_and_metrics(tiny_model, tiny_data):
@@ -324,53 +266,58 @@ def test_evaluating_a_dataset_without_the_models_lines_names_them(tiny_model, ti
 
 
 def test_references_come_from_a_sample_of_positions(tiny_model, tiny_data):
-    """fit_references scores `positions_per_image` positions of each training image, not whole maps (at
-    768 px that was 4 of 21 training minutes): sampled positions score exactly as in the whole map, the
-    draw is seeded, and the references land where scoring every position puts them."""
+    """fit_references scores `positions_per_image` positions of each training image, not whole maps: sampled
+    positions score exactly as in the whole map (raw and standardised), the draw is seeded, and the reference
+    lands where scoring every position puts it."""
     trained = tiny_model.model
     samples = load_split(tiny_data, "train", list(trained.classes))
     feats = extract_features(trained, [s.path for s in samples], torch.device("cpu"))
-    n, c, h, w = feats[0].shape
-    x = feats[0][:2].float().permute(0, 2, 3, 1)
-    sel = torch.tensor([0, 5, 37, h * w - 1])
-    sel2 = sel.expand(2, -1)
+    with torch.inference_mode():
+        feats = trained.features.standardised(feats.float())
+    n, c, h, w = feats.shape
+    x = feats[:2].permute(0, 2, 3, 1)
+    sel = torch.tensor([0, 5, 37, h * w - 1]).expand(2, -1)
     weights = torch.softmax(torch.randn(2, len(trained.classes), generator=torch.Generator().manual_seed(1)), -1)
     with torch.inference_mode():
-        full, _ = trained.score_level(0, x, trained.class_bias(None, 2)[:, None, None, :], raw=True)
-        part, _ = trained.score_level(
-            0, x.reshape(2, h * w, c)[:, sel], trained.class_bias(None, 2)[:, None, :], sel=sel2, raw=True
+        full = trained.score_positions(x, trained.class_bias(None, 2)[:, None, None, :], raw=True)
+        part = trained.score_positions(
+            x.reshape(2, h * w, c)[:, sel[0]], trained.class_bias(None, 2)[:, None, :], sel=sel, raw=True
         )
         # The per-position statistics are looked up at the sampled positions too.
-        full_std = trained.standardise_positions(0, full, weights)
-        part_std = trained.standardise_positions(0, part, weights, sel2)
-    assert torch.allclose(part, full.reshape(2, h * w)[:, sel], atol=1e-5)
-    assert torch.allclose(part_std, full_std.reshape(2, h * w)[:, sel], atol=1e-5)
+        full_std = trained.standardise_positions(full, weights)
+        part_std = trained.standardise_positions(part, weights, sel)
+    assert torch.allclose(part, full.reshape(2, h * w)[:, sel[0]], atol=1e-5)
+    assert torch.allclose(part_std, full_std.reshape(2, h * w)[:, sel[0]], atol=1e-5)
     assert not torch.allclose(part_std, part, atol=1e-2)
 
-    per_image = 32
-    assert h * w >= 8 * per_image  # the sample is a small part of every map, as 256 of 2304 at 768 px
-    # The sampling is measured on the raw likelihoods: the tiny data's 20 images per line leave the
-    # standardised values' tail too heavy for 2560 sampled values to pin its 0.999 quantile to 5 %.
-    plain = rebuilt(trained, position_stats=False)
     refs = []
-    for p in (per_image, per_image, 0):
-        model = rebuilt(plain, "train", positions_per_image=p)
+    for p in (16, 16, 0):
+        model = rebuilt(trained, "train", positions_per_image=p)
         fit_references(model, feats, torch.device("cpu"))
-        refs.append(model.ll_ref.clone())
-    assert torch.equal(refs[0], refs[1])
-    whole = rebuilt(trained, "train", positions_per_image=0)
-    fit_references(whole, feats, torch.device("cpu"))
+        refs.append(float(model.ll_ref))
+    assert refs[0] == refs[1]
     bias = trained.class_bias(None, n)[:, None, None, :]
     with torch.inference_mode():
-        every = plain.score_level(0, feats[0].float().permute(0, 2, 3, 1), bias)[0]
-        every_std = trained.score_level(0, feats[0].float().permute(0, 2, 3, 1), bias)[0]
-    # With position statistics the reference is the quantile of the standardised maps.
-    assert whole.ll_ref[0] == pytest.approx(
-        float(np.quantile(every_std.double().numpy(), trained.cfg.score.ref_quantile)), abs=1e-4
-    )
-    # The sampled quantile sits within a few hundredths of the spread of normal log-likelihoods of the exact one.
-    spread = float(every.quantile(0.999) - every.median())
-    assert abs(float(refs[0][0] - refs[2][0])) < 0.05 * spread
-    assert refs[2][0] == pytest.approx(
-        float(np.quantile(every.double().numpy(), trained.cfg.score.ref_quantile)), abs=1e-5
-    )
+        every = trained.score_positions(feats.permute(0, 2, 3, 1), bias).double().numpy()
+    assert refs[2] == pytest.approx(float(np.quantile(every, trained.cfg.score.ref_quantile)), abs=1e-4)
+    # A sample of 16 of the grid's positions per image lands within the spread of normal values of the exact one.
+    spread = float(np.quantile(every, 0.999) - np.median(every))
+    assert abs(refs[0] - refs[2]) < 0.25 * spread
+
+
+def test_standardisation_is_frozen_from_training_features_and_applied_the_same_at_inference(tiny_model, tiny_data):
+    """fit_standardisation leaves the training features at zero mean per channel and one common spread, and
+    the model applies the same constants to a frame at inference."""
+    model = rebuilt(tiny_model.model, "train")
+    paths = [s.path for s in load_split(tiny_data, "train", ["fabric", "pcb"])[::5]]
+    raw = extract_features(model, paths, torch.device("cpu"))
+    cache = raw.clone()
+    fit_standardisation(model.features, cache)
+    per_channel = cache.float().transpose(0, 1).reshape(model.channels, -1)
+    assert per_channel.mean(dim=1).abs().max() < 0.05 * per_channel.std()
+    live = per_channel.std(dim=1) > 1e-3
+    assert torch.allclose(per_channel.std(dim=1)[live], per_channel.std(dim=1)[live].mean(), rtol=0.05)
+    frame = torch.from_numpy(np.stack([read_image(paths[0], SIZE)]))
+    with torch.inference_mode():
+        at_inference = model.forward_features(model.preprocess(frame))
+    assert torch.allclose(at_inference, cache[:1].float(), atol=2e-2, rtol=2e-2)

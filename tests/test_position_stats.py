@@ -1,18 +1,13 @@
-"""Per-line, per-position standardisation of the log-likelihood maps (ScoreConfig.position_stats)."""
+"""Per-line, per-position standardisation of the log-likelihood maps (HGAD.standardise_positions)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
 from hgad.config import ModelConfig, PriorConfig, ScoreConfig
 from hgad.data.datasets import load_split
 from hgad.model import HGAD
-from hgad.model_dir import FORMAT, FORMAT_VERSION, _model_id, file_sha256, load_model
 from hgad.train import extract_features, fit_position_stats
 
 from .conftest import SIZE, rebuilt
@@ -23,7 +18,10 @@ def train_features(tiny_model, tiny_data):
     """The tiny model's standardised training features and line labels (as training saw them)."""
     model = tiny_model.model
     samples = load_split(tiny_data, "train", list(model.classes))
-    feats = extract_features(model, [s.path for s in samples], torch.device("cpu"))
+    with torch.inference_mode():
+        feats = model.features.standardised(
+            extract_features(model, [s.path for s in samples], torch.device("cpu")).float()
+        )
     labels = torch.tensor([model.classes.index(s.class_name) for s in samples])
     return feats, labels
 
@@ -31,11 +29,8 @@ def train_features(tiny_model, tiny_data):
 def _raw(model: HGAD, feats: torch.Tensor, line: str | None = None):
     """Raw per-dimension log-likelihood maps [N, h, w] and per-position log-joints of features [N, C, h, w]."""
     x = feats.float().permute(0, 2, 3, 1)
-    z, logdet = model.flows[0](x, model.positions(0))
-    if not model.cfg.score.logdet:
-        logdet = torch.zeros_like(logdet)
-    bias = model.class_bias(line, x.shape[0])[:, None, None, :]
-    return model.priors[0].score(z, logdet, bias)
+    z, _ = model.flow(x, model.pos)
+    return model.prior.score(z, model.class_bias(line, x.shape[0])[:, None, None, :])
 
 
 def _refitted(trained: HGAD, feats: torch.Tensor, labels: torch.Tensor, per_line: int) -> HGAD:
@@ -49,23 +44,23 @@ def test_statistics_are_fitted_saved_and_standardise_their_own_images(tiny_model
     position; the statistics were fitted (not the identity) and came back from the model directory."""
     saved = tiny_model.model
     feats, labels = train_features
-    assert saved.cfg.score.position_stats and saved.pos_mean0.abs().max() > 0.1
+    assert saved.pos_mean.abs().max() > 0.1
     # Refitted on every training image of each line, so that every image is one the statistics saw.
     model = _refitted(saved, feats, labels, per_line=int(torch.bincount(labels).max()))
-    mean, var = model.pos_mean0, model.pos_var0
-    assert mean.shape == (len(model.classes), *[model.feature_sizes[0]] * 2)
+    mean, var = model.pos_mean, model.pos_var
+    assert mean.shape == (len(model.classes), model.side, model.side)
     assert (var > 0).all()
     # Lines and positions differ: a single constant would not do the same.
     assert float(mean.std()) > 0.01 and float(var.amax() / var.amin()) > 1.5
     with torch.inference_mode():
-        raw = _raw(model, feats[0])
+        raw = _raw(model, feats)
         for k in range(len(model.classes)):
             onehot = torch.nn.functional.one_hot(torch.tensor([k]), len(model.classes)).float()
             own = raw.ll[labels == k]
-            std = model.standardise_positions(0, own, onehot.expand(own.shape[0], -1))
-            assert torch.allclose(std.mean(dim=0), model.ll_centre[0].expand_as(std[0]), atol=1e-4)
+            std = model.standardise_positions(own, onehot.expand(own.shape[0], -1))
+            assert torch.allclose(std.mean(dim=0), model.ll_centre.expand_as(std[0]), atol=1e-4)
             # ... and by hand: minus the line's mean, over its spread, on the pooled scale.
-            by_hand = model.ll_centre[0] + model.ll_spread[0] * (own - mean[k]) / var[k].sqrt()
+            by_hand = model.ll_centre + model.ll_spread * (own - mean[k]) / var[k].sqrt()
             assert torch.allclose(std, by_hand, atol=1e-4)
 
 
@@ -75,11 +70,11 @@ def test_the_image_names_its_line_and_class_aware_gives_it(tiny_model, train_fea
     model = tiny_model.model
     feats, labels = train_features
     with torch.inference_mode():
-        weights = model.line_weights(_raw(model, feats[0]).joint)
+        weights = model.line_weights(_raw(model, feats).joint)
         assert torch.equal(weights.argmax(dim=1), labels)
         assert (weights.max(dim=1).values > 0.9).all()
         wrong = model.classes[1 - int(labels[0])]
-        aware = model.line_weights(_raw(model, feats[0][:1], wrong).joint)
+        aware = model.line_weights(_raw(model, feats[:1], wrong).joint)
     assert aware[0, model.classes.index(wrong)] > 0.999
 
 
@@ -88,24 +83,24 @@ def test_uniform_weights_give_the_pooled_lines_moments(tiny_model):
     lines' mean and variance (the equal mixture's moments), not by any one line's."""
     model = tiny_model.model
     k = len(model.classes)
-    ll = torch.randn(3, *model.pos_mean0.shape[1:], generator=torch.Generator().manual_seed(0)) - 3.0
+    ll = torch.randn(3, *model.pos_mean.shape[1:], generator=torch.Generator().manual_seed(0)) - 3.0
     uniform = torch.full((3, k), 1.0 / k)
     with torch.inference_mode():
-        got = model.standardise_positions(0, ll, uniform)
-    mean, var = model.pos_mean0.double(), model.pos_var0.double()
+        got = model.standardise_positions(ll, uniform)
+    mean, var = model.pos_mean.double(), model.pos_var.double()
     m = mean.mean(dim=0)
     v = (var + mean**2).mean(dim=0) - m**2
-    expected = model.ll_centre[0] + model.ll_spread[0] * (ll - m) / v.sqrt()
+    expected = model.ll_centre + model.ll_spread * (ll - m) / v.sqrt()
     assert torch.allclose(got.double(), expected, atol=1e-3)
 
 
 def test_single_prior_weights_come_from_the_bias_alone():
     cfg = ModelConfig(classes=("a", "b", "c"), image_size=SIZE, prior=PriorConfig(kind="single"))
     model = HGAD(cfg, pretrained_backbone=False).eval()
-    z = torch.randn(2, 4, 4, model.channels[0])
+    z = torch.randn(2, 4, 4, model.channels)
     with torch.inference_mode():
-        agnostic = model.priors[0].score(z, torch.zeros(2, 4, 4), model.class_bias(None, 2)[:, None, None, :])
-        aware = model.priors[0].score(z, torch.zeros(2, 4, 4), model.class_bias("c", 2)[:, None, None, :])
+        agnostic = model.prior.score(z, model.class_bias(None, 2)[:, None, None, :])
+        aware = model.prior.score(z, model.class_bias("c", 2)[:, None, None, :])
     assert torch.allclose(model.line_weights(agnostic.joint), torch.full((2, 3), 1.0 / 3))
     assert torch.allclose(model.line_weights(aware.joint), torch.tensor([[0.0, 0.0, 1.0]] * 2))
 
@@ -117,40 +112,15 @@ def test_a_line_with_one_image_gets_a_finite_spread(tiny_model, train_features):
     keep = torch.cat([torch.nonzero(labels == 0).flatten(), torch.nonzero(labels == 1).flatten()[:1]])
     fitted = []
     for _ in range(2):
-        model = _refitted(tiny_model.model, [feats[0][keep]], labels[keep], per_line=3)
-        fitted.append(model.pos_var0.clone())
+        model = _refitted(tiny_model.model, feats[keep], labels[keep], per_line=3)
+        fitted.append(model.pos_var.clone())
     assert torch.equal(fitted[0], fitted[1])
-    assert torch.isfinite(model.pos_var0).all() and (model.pos_var0[1] > 0).all()
+    assert torch.isfinite(model.pos_var).all() and (model.pos_var[1] > 0).all()
     with torch.inference_mode():
-        ll, _ = model.score_level(
-            0, feats[0][keep[-1:]].float().permute(0, 2, 3, 1), model.class_bias("pcb", 1)[:, None, None, :]
-        )
+        ll = model.score_positions(feats[keep[-1:]].permute(0, 2, 3, 1), model.class_bias("pcb", 1)[:, None, None, :])
     assert torch.isfinite(ll).all()
 
 
 def test_configuration_refuses_no_images_for_the_statistics():
-    with pytest.raises(ValueError, match="position_stats_images: 0 must be >= 1"):
+    with pytest.raises(ValueError, match="position_stats_images: 0 must be at least 1"):
         ModelConfig(classes=("a",), score=ScoreConfig(position_stats_images=0))
-
-
-def test_model_saved_before_position_statistics_scores_as_it_was_built(tiny_model, tiny_model_dir, tmp_path):
-    """A model from before session 13 has neither the key nor the tensors; it loads, and scores the raw
-    likelihood as it did."""
-    d = tmp_path / "old"
-    shutil.copytree(tiny_model_dir, d)
-    state = {
-        k: v for k, v in load_file(str(d / "model.safetensors")).items() if not k.startswith(("pos_", "ll_c", "ll_s"))
-    }
-    save_file(state, str(d / "model.safetensors"), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    meta = json.loads((d / "model.json").read_text())
-    del meta["config"]["score"]["position_stats"]
-    del meta["config"]["score"]["position_stats_images"]
-    meta["weights_sha256"] = file_sha256(d / "model.safetensors")
-    meta["model_id"] = _model_id(meta["weights_sha256"], meta["config"], meta["normalisation"])
-    (d / "model.json").write_text(json.dumps(meta))
-    old = load_model(d).model
-    assert old.cfg.score.position_stats is False and not hasattr(old, "pos_mean0")
-    x = torch.randn(2, *[old.feature_sizes[0]] * 2, old.channels[0], generator=torch.Generator().manual_seed(0))
-    bias = old.class_bias(None, 2)[:, None, None, :]
-    with torch.inference_mode():
-        assert torch.equal(old.score_level(0, x, bias)[0], tiny_model.model.score_level(0, x, bias, raw=True)[0])

@@ -7,6 +7,7 @@ invalidation are tested here on every machine.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -26,11 +27,9 @@ from .conftest import SIZE, hgad_cli
 
 KEY = EngineKey(
     model_id="abc",
-    gpu_name="Orin",
-    compute_capability="8.7",
-    tensorrt="10.3",
-    torch="2.5",
-    torch_tensorrt="2.5",
+    runtime="tensorrt",
+    device="Orin (compute 8.7)",
+    versions="tensorrt=10.3 torch=2.5 torch_tensorrt=2.5",
     precision="fp16",
     batch=1,
     image_size=256,
@@ -55,6 +54,8 @@ def test_any_key_change_means_another_engine(field, tmp_path):
     cache.store(KEY, _saver(b"old"))
     value = getattr(KEY, field)
     other = dataclasses.replace(KEY, **{field: value + 1 if isinstance(value, int) else f"{value}-new"})
+    if field == "suffix":
+        other = dataclasses.replace(KEY, suffix=".onnx")
     assert cache.path(other) != cache.path(KEY)
     assert cache.load(other, lambda p: p.read_bytes()) is None
 
@@ -86,18 +87,19 @@ def test_sidecar_of_another_key_is_not_trusted(tmp_path):
     path = cache.store(KEY, _saver(b"e"))
     side = path.with_suffix(".json")
     meta = json.loads(side.read_text())
-    meta["key"]["tensorrt"] = "9.0"
+    meta["key"]["versions"] = "tensorrt=9.0"
     side.write_text(json.dumps(meta))
     assert cache.load(KEY, lambda p: p.read_bytes()) is None
 
 
 def test_stale_engines_of_the_same_model_are_pruned(tmp_path):
     cache = EngineCache(tmp_path)
-    old = cache.store(dataclasses.replace(KEY, tensorrt="10.0"), _saver(b"old"))
+    old = cache.store(dataclasses.replace(KEY, versions="tensorrt=10.0"), _saver(b"old"))
     other_model = cache.store(dataclasses.replace(KEY, model_id="zzz"), _saver(b"keep"))
+    other_runtime = cache.store(dataclasses.replace(KEY, runtime="onnxruntime", suffix=".onnx"), _saver(b"keep"))
     cache.store(KEY, _saver(b"new"))
     assert not old.exists()
-    assert other_model.exists()
+    assert other_model.exists() and other_runtime.exists()
 
 
 def test_torch_backend_interface(tiny_model):
@@ -113,12 +115,16 @@ def test_torch_backend_interface(tiny_model):
         TorchBackend(tiny_model, "cpu", "int8")
 
 
-def test_auto_falls_back_to_torch_and_says_why(tiny_model, tmp_path):
-    ok, why = tensorrt_status()
+def test_auto_on_a_cpu_takes_onnxruntime_and_says_why(tiny_model, tmp_path):
     backend, reason = open_backend(tiny_model, "auto", "cpu", cache_dir=tmp_path)
-    if ok:
-        pytest.skip("TensorRT is usable here; the fallback path is not taken")
-    assert backend.info.name == "torch" and why in reason
+    assert backend.info.name == "onnxruntime" and reason.startswith("onnxruntime")
+
+
+def test_auto_falls_back_to_torch_for_a_precision_onnxruntime_does_not_run(tiny_model, tmp_path):
+    backend, reason = open_backend(tiny_model, "auto", "cpu", "fp16", cache_dir=tmp_path)
+    assert backend.info.name == "torch" and "onnxruntime unavailable: it runs fp32, and fp16 was asked for" in reason
+    if not tensorrt_status()[0]:
+        assert "tensorrt unavailable" in reason
 
 
 def test_staged_timings_add_up(tiny_model):
@@ -205,3 +211,93 @@ def test_tensorrt_corrupt_cache_is_rebuilt(tiny_model, tmp_path):
 def test_auto_chooses_tensorrt_where_it_runs(tiny_model, tmp_path):
     backend, reason = open_backend(tiny_model, "auto", "cuda", cache_dir=tmp_path)
     assert backend.info.name == "tensorrt" and reason.startswith("tensorrt")
+
+
+# ------------------------------------------------------------------------------------------ ONNX Runtime
+
+
+def test_onnxruntime_graph_is_exported_once_cached_and_agrees_with_torch(tiny_model, tmp_path):
+    from hgad.runtime.onnx_backend import OnnxRuntimeBackend
+
+    first = OnnxRuntimeBackend(tiny_model, tmp_path, batch=2)
+    assert first.parity.ok and "built" in first.info.detail and first.cache.path(first.key).suffix == ".onnx"
+    frames = golden_frames(SIZE, 3)  # 3 frames through a batch-2 graph: split and padded
+    out, ref = first.infer(frames), TorchBackend(tiny_model, "cpu").infer(frames)
+    assert out.maps.shape == ref.maps.shape == (3, SIZE, SIZE)
+    assert np.allclose(out.scores, ref.scores, rtol=1e-4, atol=1e-5)
+    assert np.allclose(out.maps, ref.maps, rtol=1e-4, atol=1e-4)
+    aware = first.infer(frames[:1], "pcb").scores
+    assert np.allclose(aware, TorchBackend(tiny_model, "cpu").infer(frames[:1], "pcb").scores, rtol=1e-4, atol=1e-5)
+    second = OnnxRuntimeBackend(tiny_model, tmp_path, batch=2)
+    assert "cached" in second.info.detail
+
+
+def test_onnxruntime_runs_a_model_whose_scalars_are_exactly_one_or_zero(tiny_model, tmp_path):
+    """ONNX Runtime's no-op elimination once removed `* ll_spread` at 1.0 and left the graph invalid."""
+    from hgad.model_dir import LoadedModel
+    from hgad.runtime.onnx_backend import OnnxRuntimeBackend
+
+    model = copy.deepcopy(tiny_model.model)
+    model.ll_spread.fill_(1.0)
+    model.ll_centre.fill_(0.0)
+    plain = LoadedModel(model=model, model_id="unit-spread", path=tmp_path, meta={})
+    frames = golden_frames(SIZE, 1)
+    out, ref = OnnxRuntimeBackend(plain, tmp_path).infer(frames), TorchBackend(plain, "cpu").infer(frames)
+    assert np.allclose(out.scores, ref.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_onnxruntime_rebuilds_a_corrupt_graph_and_refuses_a_wrong_one(tiny_model, tiny_model_dir, tmp_path):
+    from hgad.model_dir import load_model
+    from hgad.runtime.onnx_backend import OnnxRuntimeBackend
+    from hgad.runtime.parity import ParityError
+
+    b = OnnxRuntimeBackend(tiny_model, tmp_path)
+    path = b.cache.path(b.key)
+    path.write_bytes(path.read_bytes()[:1000])
+    again = OnnxRuntimeBackend(tiny_model, tmp_path)
+    assert "built" in again.info.detail and again.parity.ok
+    # A graph of other weights under this model's key (as a stale or tampered cache would hold) is refused.
+    other = load_model(tiny_model_dir)
+    with torch.no_grad():
+        other.model.flow.blocks[0].global_shift.add_(3.0)
+    wrong = OnnxRuntimeBackend(other, tmp_path / "other")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / path.name).write_bytes(wrong.cache.path(wrong.key).read_bytes())
+    EngineCache(fresh).store(b.key, lambda p: p.write_bytes((fresh / path.name).read_bytes()))
+    with pytest.raises(ParityError, match="disagrees with the torch reference"):
+        OnnxRuntimeBackend(tiny_model, fresh)
+    assert not EngineCache(fresh).path(b.key).exists()
+
+
+def test_an_onnx_graph_exported_by_the_cli_is_the_one_the_agent_finds(tiny_model_dir, tmp_path, monkeypatch):
+    """One engine-cache default: `hgad-edge export` and the agent agree on where engines live."""
+    from agent.config import parse_config
+    from agent.daemon import Agent
+    from calibration.db import open_database
+    from calibration.store import ProfileStore
+    from hgad.model_dir import load_model
+
+    from .test_agent_dispatcher import save_profile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("CACHE_DIRECTORY", raising=False)
+    r = hgad_cli("export", "--model", str(tiny_model_dir), "--backend", "onnxruntime")
+    assert r.returncode == 0, r.stderr
+    (exported,) = (tmp_path / "cache" / "hgad-edge" / "engines").glob("*.onnx")
+    assert str(exported) in r.stdout
+    video = tmp_path / "v.avi"
+    video.write_bytes(b"")
+    camera = {"name": "c", "source": str(video), "line": "fabric"}
+    state = {"state_dir": str(tmp_path / "s")}
+    data = {"model": str(tiny_model_dir), "backend": "onnxruntime", "storage": state, "cameras": [camera]}
+    cfg = parse_config(data | {"web": {"enabled": False}})
+    save_profile(ProfileStore(open_database(cfg.database_path)), load_model(tiny_model_dir).model_id, "fabric")
+    agent = Agent(cfg)
+    agent.open()
+    try:
+        assert (
+            agent.backend.info.name == "onnxruntime" and agent.backend.info.detail == f"graph {exported.name} (cached)"
+        )
+    finally:
+        agent.engine.dispose()

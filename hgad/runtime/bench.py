@@ -1,8 +1,9 @@
 """`hgad-edge bench`: per-stage milliseconds, frames/s at batch 1 and N, peak memory, backend and device.
 
-Frames are camera-sized (1280x720) so the preprocess stage includes the resize the agent really does.
-Medians over repeated runs; the ratio of head (flows + scoring) to backbone is what the design tracks:
-on 2 CPU cores at 256 px the head must cost no more than the backbone.
+Frames are camera-sized (1280x720 unless asked otherwise) so the preprocess stage includes the resize the
+agent really does. Medians over repeated runs. The backend is opened as the agent opens it, for one frame at
+a time: a compiled graph of static batch 1 runs a batch of N as N calls. The torch backend also reports the
+flow head against the backbone (`head_to_backbone_ratio`), the split that decides where speed comes from.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import platform
 import resource
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -25,9 +27,9 @@ from .preprocess import to_batch
 CAMERA_SHAPE = (720, 1280)
 
 
-def _camera_frames(size: int, n: int) -> list[np.ndarray]:
+def _camera_frames(size: int, n: int, shape: tuple[int, int] = CAMERA_SHAPE) -> list[np.ndarray]:
     base = golden_frames(size, 2)
-    return [cv2.resize(base[i % 2], CAMERA_SHAPE[::-1], interpolation=cv2.INTER_LINEAR) for i in range(n)]
+    return [cv2.resize(base[i % 2], shape[::-1], interpolation=cv2.INTER_LINEAR) for i in range(n)]
 
 
 def _one_batch(backend: Backend, frames: list[np.ndarray], iters: int, warmup: int) -> dict[str, Any]:
@@ -57,16 +59,29 @@ def _one_batch(backend: Backend, frames: list[np.ndarray], iters: int, warmup: i
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name where Linux says it, else what Python knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)  # kB on Linux
 
 
-def run_bench(backend: Backend, batch: int = 8, iters: int = 20, warmup: int = 3) -> dict[str, Any]:
+def run_bench(
+    backend: Backend, batch: int = 8, iters: int = 20, warmup: int = 3, camera_shape: tuple[int, int] = CAMERA_SHAPE
+) -> dict[str, Any]:
     if backend.info.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     results = {}
     for b in sorted({1, batch}):
-        results[str(b)] = _one_batch(backend, _camera_frames(backend.image_size, b), iters, warmup)
+        results[str(b)] = _one_batch(backend, _camera_frames(backend.image_size, b, camera_shape), iters, warmup)
         # The process's high-water mark so far: batches run smallest first, so batch 1's figure is what
         # the agent (one frame at a time) needs, and the largest batch's is the process peak.
         results[str(b)]["peak_rss_mb"] = _peak_rss_mb()
@@ -82,13 +97,13 @@ def run_bench(backend: Backend, batch: int = 8, iters: int = 20, warmup: int = 3
         "detail": backend.info.detail,
         "model_id": backend.info.model_id,
         "image_size": backend.image_size,
-        "camera_frame": list(CAMERA_SHAPE),
+        "camera_frame": list(camera_shape),
         "mode": "class-agnostic",
         "batches": results,
         "head_to_backbone_ratio": ratios,
         "peak_rss_mb": _peak_rss_mb(),
         "host": {
-            "cpu": platform.processor() or platform.machine(),
+            "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -98,3 +113,16 @@ def run_bench(backend: Backend, batch: int = 8, iters: int = 20, warmup: int = 3
     if backend.info.device.startswith("cuda"):
         out["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return out
+
+
+def print_bench(result: dict[str, Any]) -> None:
+    for b, r in result["batches"].items():
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
+        print(
+            f"batch {b}: {r['fps']:.1f} frames/s, {r['ms_per_frame']:.1f} ms/frame ({stages} ms per batch); "
+            f"peak RSS so far {r['peak_rss_mb']} MB"
+        )
+    print(
+        f"backend {result['backend']} on {result['device']} ({result['precision']}); "
+        f"head/backbone {result['head_to_backbone_ratio']}; peak RSS {result['peak_rss_mb']} MB"
+    )

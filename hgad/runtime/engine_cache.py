@@ -1,9 +1,9 @@
-"""TensorRT engines cached on disk, keyed by everything that makes an engine valid.
+"""Compiled engines cached on disk (TensorRT engines, ONNX graphs), keyed by everything that makes one valid.
 
-An engine is only valid for the model it was built from, the GPU (name and compute capability), the
-TensorRT, torch and torch-tensorrt versions, the precision, and the static input shape (batch, size).
-Each engine file has a JSON sidecar holding its key and the file's SHA-256: a key mismatch means
-rebuild, a digest mismatch (truncated, corrupt) means delete and rebuild, never a crash.
+An engine is only valid for the model it was built from, the runtime and the device it was built for (a GPU's
+name and compute capability), the versions of the runtime and of what built it, the precision, and the static
+input shape (batch, size). Each engine file has a JSON sidecar holding its key and the file's SHA-256: a key
+mismatch means rebuild, a digest mismatch (truncated, corrupt) means delete and rebuild, never a crash.
 """
 
 from __future__ import annotations
@@ -26,20 +26,23 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class EngineKey:
     model_id: str
-    gpu_name: str
-    compute_capability: str
-    tensorrt: str
-    torch: str
-    torch_tensorrt: str
+    runtime: str  # "tensorrt" or "onnxruntime"
+    device: str  # a GPU's name and compute capability, or "cpu"
+    versions: str  # of the runtime and what builds for it, e.g. "tensorrt=10.3 torch=2.5 torch_tensorrt=2.5"
     precision: str
     batch: int
     image_size: int
+    suffix: str = ".ep"  # the file's format: ".ep" a torch exported program, ".onnx" an ONNX graph
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
+    def stem(self) -> str:
+        """What engines of one model, runtime, precision and shape share whatever built them."""
+        return f"hgad-{self.model_id}-{self.runtime}-{self.precision}-b{self.batch}-{self.image_size}-"
+
     def filename(self) -> str:
-        return f"hgad-{self.model_id}-{self.precision}-b{self.batch}-{self.image_size}-{self.digest()}.ep"
+        return f"{self.stem()}{self.digest()}{self.suffix}"
 
 
 class EngineCache:
@@ -81,7 +84,11 @@ class EngineCache:
         path = self.path(key)
         # The temporary name keeps the extension: savers pick the file format from it.
         tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-        saver(tmp)
+        try:
+            saver(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         digest = file_sha256(tmp)
         os.replace(tmp, path)
         side_tmp = self._sidecar(key).with_suffix(".json.tmp")
@@ -91,11 +98,10 @@ class EngineCache:
         return path
 
     def prune_stale(self, key: EngineKey) -> list[Path]:
-        """Remove engines of the same model, precision and shape built under another key (old versions,
+        """Remove engines of the same model, runtime, precision and shape built under another key (old versions,
         another GPU): they can never be loaded again and engines are large."""
         removed = []
-        prefix = f"hgad-{key.model_id}-{key.precision}-b{key.batch}-{key.image_size}-"
-        for p in self.folder.glob(prefix + "*.ep"):
+        for p in self.folder.glob(key.stem() + "*" + key.suffix):
             if p.name != key.filename():
                 for q in (p, p.with_suffix(".json")):
                     with contextlib.suppress(FileNotFoundError):

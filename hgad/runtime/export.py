@@ -2,6 +2,8 @@
 
 - torch: a `torch.export` program (.pt2) with static shapes, runnable without this package's model code
   by `torch.export.load(path).module()(frames_uint8, class_bias)`.
+- onnxruntime: an ONNX graph in the engine cache (and at --out), the one the agent's CPU backend loads; the
+  same file feeds TensorRT's `trtexec --onnx` on a Jetson.
 - tensorrt: a torch-tensorrt engine, written into the engine cache (or to --out) with its key.
 """
 
@@ -16,7 +18,7 @@ import torch
 
 from ..errors import BadInputError
 from ..model_dir import LoadedModel
-from .parity import ParityError, ParityResult, compare, golden_frames
+from .parity import ParityResult, compare, golden_frames, require
 
 
 @dataclass
@@ -51,10 +53,26 @@ def export_torch(loaded: LoadedModel, out: Path, batch: int = 1) -> ExportResult
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, str(out))
     parity = program_parity(loaded, torch.export.load(str(out)).module(), batch)
-    if not parity.ok:
-        out.unlink(missing_ok=True)
-        raise ParityError(f"exported program disagrees with eager (score error {parity.max_score_error:.3g})")
+    require(parity, "the exported program", lambda: out.unlink(missing_ok=True))
     return ExportResult(out, "torch", "fp32", batch, parity)
+
+
+def _copy_out(path: Path, out: Path | None, suffix: str, what: str) -> Path:
+    if out is None:
+        return path
+    if out.suffix != suffix:
+        raise BadInputError(f"--out: {out} should end in {suffix} ({what})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out)
+    return out
+
+
+def export_onnxruntime(loaded: LoadedModel, cache_dir: Path, out: Path | None, batch: int) -> ExportResult:
+    from .onnx_backend import OnnxRuntimeBackend
+
+    backend = OnnxRuntimeBackend(loaded, cache_dir, batch)
+    path = _copy_out(backend.cache.path(backend.key), out, ".onnx", "an ONNX graph")
+    return ExportResult(path, "onnxruntime", "fp32", batch, backend.parity)
 
 
 def export_tensorrt(
@@ -63,11 +81,5 @@ def export_tensorrt(
     from .tensorrt_backend import TensorRTBackend
 
     backend = TensorRTBackend(loaded, cache_dir, precision, batch, "cuda", calibration)
-    path = backend.cache.path(backend.key)
-    if out is not None:
-        if out.suffix != ".ep":
-            raise BadInputError(f"--out: {out} should end in .ep (a torch-tensorrt exported program)")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, out)
-        path = out
+    path = _copy_out(backend.cache.path(backend.key), out, ".ep", "a torch-tensorrt exported program")
     return ExportResult(path, "tensorrt", precision, batch, backend.parity)

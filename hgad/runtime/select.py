@@ -1,5 +1,10 @@
-"""Choosing a backend: `torch`, `tensorrt`, or `auto` (TensorRT where it loads and passes parity, else
-torch, with the reason logged and kept for the status payload)."""
+"""Choosing a backend: `torch`, `tensorrt`, `onnxruntime`, or `auto`.
+
+`auto` takes TensorRT where it loads and passes its parity check (a CUDA GPU with torch-tensorrt), else ONNX
+Runtime on a CPU (fp32), else eager torch, and says which and why in one line kept for the logs and the
+status payload. A runtime that is simply not there is information; one that is there and fails (a build or
+parity failure) is a warning: the agent runs, but slower than it should.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +16,45 @@ import numpy as np
 from ..errors import BadInputError, HgadError
 from ..model_dir import LoadedModel
 from .backend import Backend
-from .torch_backend import TorchBackend
+from .torch_backend import TorchBackend, resolve_device
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "tensorrt")
+BACKENDS = ("auto", "torch", "tensorrt", "onnxruntime")
+
+
+class _Unavailable(Exception):
+    """A runtime that is not installed or cannot run here: `auto` moves on quietly."""
+
+
+def _tensorrt(loaded, device, precision, batch, cache_dir, calibration) -> tuple[Backend, str]:
+    from .tensorrt_backend import TensorRTBackend, TensorRTUnavailable, tensorrt_status
+
+    ok, why = tensorrt_status()
+    if not ok:
+        raise _Unavailable(why)
+    try:
+        dev = "cuda" if device == "auto" else device
+        return TensorRTBackend(loaded, cache_dir, precision or "fp16", batch, dev, calibration), f"tensorrt: {why}"
+    except TensorRTUnavailable as exc:
+        raise _Unavailable(str(exc)) from None
+    except HgadError:
+        raise
+    except Exception as exc:  # a TensorRT build failure must not take the agent down under auto
+        raise HgadError(f"tensorrt backend: engine build failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _onnxruntime(loaded, device, precision, batch, cache_dir) -> tuple[Backend, str]:
+    from .onnx_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable, onnxruntime_status
+
+    if resolve_device(device).type != "cpu":
+        raise _Unavailable(f"it runs on the CPU, and device {device} was asked for")
+    if precision not in (None, "fp32"):
+        raise _Unavailable(f"it runs fp32, and {precision} was asked for")
+    try:
+        return OnnxRuntimeBackend(loaded, cache_dir, batch), f"onnxruntime: {onnxruntime_status()[1]}"
+    except OnnxRuntimeUnavailable as exc:
+        raise _Unavailable(str(exc)) from None
 
 
 def open_backend(
@@ -30,34 +69,30 @@ def open_backend(
     """The backend and a one-line reason for the choice (shown in logs and the agent's status)."""
     if kind not in BACKENDS:
         raise BadInputError(f"backend: {kind!r} is not one of {', '.join(BACKENDS)}")
-    if kind in ("auto", "tensorrt"):
-        from .tensorrt_backend import TensorRTBackend, TensorRTUnavailable, tensorrt_status
+    cache = cache_dir or Path("engines")
+    if kind == "torch":
+        return TorchBackend(loaded, device, _torch_precision(precision)), "torch (configured)"
+    attempts = {
+        "tensorrt": lambda: _tensorrt(loaded, device, precision, batch, cache, calibration),
+        "onnxruntime": lambda: _onnxruntime(loaded, device, precision, batch, cache),
+    }
+    skipped = []
+    for name in attempts if kind == "auto" else (kind,):
+        try:
+            return attempts[name]()
+        except _Unavailable as exc:
+            if kind != "auto":
+                raise HgadError(f"{name} backend: {exc}") from None
+            skipped.append(f"{name} unavailable: {exc}")
+        except HgadError as exc:
+            if kind != "auto":
+                raise
+            log.warning("backend failed, trying the next", extra={"fields": {"backend": name, "error": str(exc)}})
+            skipped.append(f"{name} failed: {exc}")
+    # Normal with `backend: auto` where no compiled runtime is installed: information, nothing to act on.
+    log.info("falling back to torch", extra={"fields": {"reason": "; ".join(skipped)}})
+    return TorchBackend(loaded, device, _torch_precision(precision)), f"torch ({'; '.join(skipped)})"
 
-        ok, why = tensorrt_status()
-        if ok:
-            try:
-                backend = TensorRTBackend(
-                    loaded,
-                    cache_dir or Path("engines"),
-                    precision or "fp16",
-                    batch,
-                    "cuda" if device == "auto" else device,
-                    calibration,
-                )
-                return backend, f"tensorrt: {why}"
-            except HgadError as exc:
-                if kind == "tensorrt":
-                    raise
-                why = str(exc)
-            except Exception as exc:  # a TensorRT build failure must not take the agent down under auto
-                if kind == "tensorrt":
-                    raise HgadError(f"tensorrt backend: engine build failed: {type(exc).__name__}: {exc}") from exc
-                why = f"engine build failed: {type(exc).__name__}: {exc}"
-        elif kind == "tensorrt":
-            raise TensorRTUnavailable(f"tensorrt backend: {why}")
-        log.warning("tensorrt not used, falling back to torch", extra={"fields": {"reason": why}})
-        reason = f"torch (tensorrt unavailable: {why})"
-    else:
-        reason = "torch (configured)"
-    torch_precision = precision if precision in ("fp32", "fp16") else "fp32"
-    return TorchBackend(loaded, device, torch_precision), reason
+
+def _torch_precision(precision: str | None) -> str:
+    return precision if precision in ("fp32", "fp16") else "fp32"

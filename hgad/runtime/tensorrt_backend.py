@@ -26,7 +26,7 @@ from ..model import HGAD
 from ..model_dir import LoadedModel
 from .backend import Backend, BackendInfo, Inference
 from .engine_cache import EngineCache, EngineKey
-from .parity import ParityError, compare, golden_frames
+from .parity import compare, golden_frames, require
 from .torch_backend import resolve_device
 
 log = logging.getLogger(__name__)
@@ -67,11 +67,9 @@ def engine_key(loaded: LoadedModel, precision: str, batch: int, device: torch.de
     major, minor = torch.cuda.get_device_capability(device)
     return EngineKey(
         model_id=loaded.model_id,
-        gpu_name=torch.cuda.get_device_name(device),
-        compute_capability=f"{major}.{minor}",
-        tensorrt=tensorrt.__version__,
-        torch=torch.__version__,
-        torch_tensorrt=torch_tensorrt.__version__,
+        runtime="tensorrt",
+        device=f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})",
+        versions=" ".join(f"{m.__name__}={m.__version__}" for m in (tensorrt, torch, torch_tensorrt)),
         precision=precision,
         batch=batch,
         image_size=loaded.model.cfg.image_size,
@@ -88,8 +86,8 @@ def _quantise_int8(module: EngineInput, calibration: np.ndarray, device: torch.d
     except ImportError:
         raise BadInputError("--precision int8 needs NVIDIA ModelOpt: pip install nvidia-modelopt") from None
     cfg = {**mtq.INT8_DEFAULT_CFG, "quant_cfg": dict(mtq.INT8_DEFAULT_CFG["quant_cfg"])}
-    cfg["quant_cfg"]["*flows*"] = {"enable": False}
-    cfg["quant_cfg"]["*priors*"] = {"enable": False}
+    cfg["quant_cfg"]["*flow.*"] = {"enable": False}
+    cfg["quant_cfg"]["*prior.*"] = {"enable": False}
     k = len(module.model.classes)
 
     def loop(m: nn.Module) -> None:
@@ -184,17 +182,11 @@ class TensorRTBackend(Backend):
                 self.key, lambda p: save_engine(engine, p, batch, self.image_size, len(self.classes), self.device)
             )
         self.engine = engine
-        self.parity = self._check_parity(reference)
-        if not self.parity.ok:
-            self.cache.discard(self.key)
-            raise ParityError(
-                f"TensorRT engine ({precision}) disagrees with the torch reference on golden frames: "
-                f"score error {self.parity.max_score_error:.3g}, map error {self.parity.max_map_error:.3g} "
-                f"> tolerance {self.parity.tolerance}; engine removed from the cache"
-            )
+        discard = lambda: self.cache.discard(self.key)  # noqa: E731
+        self.parity = require(self._check_parity(reference), f"the TensorRT engine ({precision})", discard)
         self.info = BackendInfo(
             "tensorrt",
-            f"{self.device} ({self.key.gpu_name})",
+            f"{self.device} ({self.key.device})",
             precision,
             loaded.model_id,
             f"engine {self.cache.path(self.key).name} ({'built' if built else 'cached'})",

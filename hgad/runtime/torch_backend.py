@@ -10,7 +10,6 @@ import torch
 
 from ..errors import BadInputError
 from ..model_dir import LoadedModel
-from ..scoring import image_score
 from .backend import Backend, BackendInfo, Inference
 
 
@@ -88,11 +87,10 @@ class TorchBackend(Backend):
             feats = m.forward_features(x)
             self._sync()
             t2 = time.perf_counter()
-            lls, ents = m.forward_levels(feats, m.class_bias(line, x.shape[0]))
+            ll = m.forward_ll(feats, m.class_bias(line, x.shape[0]))
             self._sync()
             t3 = time.perf_counter()
-            amap = m.forward_maps(lls, ents)
-            score = image_score(amap, m.cfg.score)
+            amap, score = m.forward_map(ll)
             maps, scores = amap.float().cpu().numpy(), score.float().cpu().numpy()
         t4 = time.perf_counter()
         timings = {"preprocess": t1 - t0, "backbone": t2 - t1, "flow": t3 - t2, "postprocess": t4 - t3}

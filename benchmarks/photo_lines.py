@@ -5,7 +5,7 @@ printed page, motorcycle, coffee cup), in MVTec AD layout with the six synthetic
 Normal images of a texture line are random crops of its photo; panel lines are nearly fixed crops with
 small shifts, as a part under a fixed camera. Lighting gain and sensor noise vary per image.
 
-    python -m tests.photo_lines OUT [--train 100] [--test 60] [--seed 0]
+    python -m benchmarks.photo_lines OUT [--train 100] [--test 60] [--seed 0]
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import urllib.request
 
+from agent.health import Latencies, Rate, SystemdNotifier
 from calibration.calibrate import calibrate_folder
 from calibration.db import open_database
 from calibration.store import ProfileStore
@@ -104,3 +105,33 @@ def test_sighup_reloads_a_recalibrated_profile(
         assert rig.stop() == 0, rig.output()
     con = sqlite3.connect(rig.db)
     assert con.execute("SELECT calibration_id FROM calibrations WHERE active=1").fetchone()[0] == new
+
+
+def test_the_notifier_speaks_systemds_datagrams(tmp_path, monkeypatch):
+    sock = NotifySocket(tmp_path / "notify")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "3000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    try:
+        n = SystemdNotifier()
+        assert n.enabled and n.watchdog_s == 3.0
+        n.ready("running")
+        n.ready("again")  # READY is sent once
+        n.watchdog()
+        n.stopping()
+        wait_until(lambda: len(sock.messages) >= 3, 10, "three datagrams")
+        assert sock.messages == ["READY=1\nSTATUS=running", "WATCHDOG=1", "STOPPING=1"]
+    finally:
+        sock.close()
+
+
+def test_latencies_and_rates():
+    lat = Latencies(n=100)
+    assert lat.summary() == {"p50": None, "p99": None, "n": 0}
+    for ms in range(1, 201):
+        lat.add(float(ms))
+    s = lat.summary()
+    assert s["n"] == 100 and 150 <= s["p50"] <= 151 and s["p99"] >= 199  # the last 100 only
+    rate = Rate(window_s=10.0)
+    rate.tick(100.0, n=50)
+    assert rate.per_second(105.0) == 5.0 and rate.per_second(111.0) == 0.0

@@ -1,0 +1,279 @@
+"""Adding product lines to a trained model (`hgad-edge train --from MODEL --classes new1,new2`).
+
+1. The model grows: the old lines keep their centres and weights; each new line gets a main centre on a free
+   latent axis at the recipe's distance and intra-line centres around it. The backbone and the feature
+   standardisation stay as they are (the old lines' features must not move).
+2. The flow and the new lines' prior rows are fine-tuned: each batch holds new-line images and as many rows of
+   the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
+   The loss is the recipe's prior loss plus an anchor that holds the replay rows' latents and log-determinants
+   where the base flow put them (the old lines' scores are exactly those two terms), so the flow learns the new
+   lines where their features lie and leaves the old lines' region alone. The old lines' centres, weights and
+   scales do not move; the replay rows reach the prior loss only to keep the new centres off the old lines.
+3. The new lines' per-position statistics are fitted from their images. The old lines' are corrected for how
+   far the flow moved them: an affine map of their log-likelihoods fitted on their replay vectors, before and
+   after. The reference of normal and the pooled scale stay the model's, so scores keep their units.
+4. Each old line gets a verdict: its calibration profiles still hold when its replay vectors' standardised
+   log-likelihoods moved by less than `KEEP_TOLERANCE` of the pooled spread at the quantiles a threshold
+   lives at (median to 0.999). Kept lines are recorded in model.json (`lineage`); the agent accepts their
+   profiles of the old model. The others must be recalibrated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .data.datasets import Sample
+from .errors import BadInputError, DataError
+from .model import HGAD
+from .model_dir import LoadedModel
+from .progress import Progress, quiet
+from .replay import Replay
+from .replay import sample as sample_replay
+from .train import _lr_factor, _param_groups, class_balanced_draws, extract_features, fit_position_stats, vectors_at
+
+FINE_TUNE_LR = 0.5  # of the recipe's learning rate
+DEFAULT_EPOCHS = 12  # over the new lines' images
+ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
+KEEP_TOLERANCE = 0.05  # of the pooled spread of normal log-likelihoods
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+HELD_OUT_EVERY = 4  # every 4th replay image of a line judges the verdict and is not anchored
+
+
+@dataclass
+class AddReport:
+    added: list[str]
+    images: int
+    seconds: float
+    kept: list[str] = field(default_factory=list)  # old lines whose profiles still hold
+    moved: dict[str, float] = field(default_factory=dict)  # old line -> how far it moved (of the spread)
+    replay: Replay | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict:
+        keys = ("added", "images", "kept", "moved")
+        return {k: getattr(self, k) for k in keys} | {"seconds": round(self.seconds, 1)}
+
+
+def grow(base: HGAD, classes: tuple[str, ...]) -> HGAD:
+    """The base model with its lines first and new centres for the rest."""
+    k_old = len(base.classes)
+    cfg = dataclasses.replace(base.cfg, classes=classes)
+    model = HGAD(cfg, pretrained_backbone=False)
+    own = model.state_dict()
+    for name, value in base.state_dict().items():
+        if own[name].shape == value.shape:
+            own[name] = value
+        else:  # per-line tensors: the old lines' rows, then the new model's fresh rows for the new lines
+            own[name][:k_old] = value
+    if hasattr(model.prior, "mu"):
+        new_axes = torch.eye(len(classes), model.channels)[k_old:] * base.cfg.prior.init_distance / math.sqrt(2.0)
+        own["prior.mu"][k_old:] = new_axes
+        own["prior.psi"][k_old:] = base.prior.psi.detach().mean()
+    model.load_state_dict(own)
+    return model.eval()
+
+
+def _raw_ll(model: HGAD, replay: Replay) -> torch.Tensor:
+    """Raw log-likelihood of every replay vector under its own line's mixture: [N, P]."""
+    pos = model.pos.reshape(-1, model.pos.shape[-1])[replay.positions]
+    z, _ = model.flow(replay.vectors.float(), pos)
+    bias = torch.stack([model.class_bias(replay.classes[i], 1)[0] for i in replay.lines.tolist()])[:, None, :]
+    return model.prior.score(z, bias).ll
+
+
+def _standardised(model: HGAD, replay: Replay, raw: torch.Tensor) -> torch.Tensor:
+    onehot = torch.nn.functional.one_hot(replay.lines, len(model.classes)).float()
+    return model.standardise_positions(raw, onehot, replay.positions)
+
+
+@torch.inference_mode()
+def correct_old_lines(base: HGAD, model: HGAD, replay: Replay, held_out: torch.Tensor) -> dict[str, float]:
+    """Move each old line's statistics with its log-likelihoods (an affine fit on its replay vectors, before and
+    after fine-tuning); returns how far each line's standardised values still moved, of the pooled spread,
+    measured on the `held_out` rows: replay images the fine-tuning's anchor never saw, so the verdict is not the
+    anchor's own fit."""
+    before, after = _raw_ll(base, replay), _raw_ll(model, replay)
+    reference = _standardised(base, replay, before)
+    for k in range(len(base.classes)):
+        rows = replay.lines == k
+        if not rows.any():
+            continue
+        x, y = before[rows].flatten().double(), after[rows].flatten().double()
+        slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp_min(1e-12))
+        model.pos_mean[k] = (y.mean() + slope * (model.pos_mean[k].double() - x.mean())).float()
+        model.pos_var[k] = (slope**2 * model.pos_var[k].double()).float()
+    now = _standardised(model, replay, after)  # with the corrected statistics
+    q = torch.tensor(QUANTILES, dtype=torch.float64)
+    moved = {}
+    for k, line in enumerate(base.classes):
+        rows = (replay.lines == k) & held_out
+        if rows.any():
+            a, b = now[rows].flatten().double(), reference[rows].flatten().double()
+            shift = (torch.quantile(a, q) - torch.quantile(b, q)).abs().max()
+            moved[line] = round(float(shift / model.ll_spread.double()), 4)
+    return moved
+
+
+@dataclass(frozen=True)
+class FineTune:
+    """How the grown model is fine-tuned."""
+
+    epochs: int = DEFAULT_EPOCHS  # passes over the new lines' images
+    lr_factor: float = FINE_TUNE_LR  # of the recipe's learning rate
+    anchor: float = ANCHOR  # weight of the old lines' latent anchor
+
+
+@dataclass
+class Anchors:
+    """The base flow's output on every replay row: latents [N, P, C] and log-determinants [N, P]."""
+
+    z: torch.Tensor
+    logdet: torch.Tensor
+
+    @classmethod
+    @torch.inference_mode()
+    def of(cls, base: HGAD, replay: Replay) -> Anchors:
+        pos = base.pos.reshape(-1, base.pos.shape[-1])[replay.positions]
+        z, logdet = base.flow(replay.vectors.float(), pos)
+        return cls(z.clone(), logdet.clone())
+
+
+def _freeze_old_rows(prior: nn.Module, k_old: int) -> list:
+    """Gradient hooks that keep the old lines' centres, weights and scales where they are."""
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:k_old] = 0
+        return grad
+
+    return [p.register_hook(hook) for p in prior.parameters()]
+
+
+def fine_tune(
+    model: HGAD,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    replay: Replay,
+    anchors: Anchors,
+    recipe: FineTune,
+    progress: Progress,
+):
+    """The flow and the new lines' prior on the new lines' cached features [N, C, h, w] (labels index the grown
+    model's lines), each batch `batch_images` new-line images and as many rows of the old lines' replay.
+
+    Loss: the recipe's prior loss over both, plus `anchor` x the mean squared move of the replay rows' latents
+    and per-dimension log-determinants from the base flow's (`anchors`): an old line's log-likelihood is its
+    latent's density plus its log-determinant, so holding both holds its scores, while the flow stays free
+    wherever the new lines' features lie. In the prior loss the replay rows' latents are detached: there they
+    only show the new lines' centres where the old lines lie; were the flow trained on them, it would fit the
+    few stored vectors rather than their lines. The old lines' prior rows do not move."""
+    cfg = model.cfg.train
+    gen = torch.Generator().manual_seed(cfg.seed + 11)
+    k_old = len(replay.classes)
+    steps = max(1, math.ceil(labels.numel() / cfg.batch_images)) * recipe.epochs
+    lr = cfg.lr * recipe.lr_factor
+    optimizer = torch.optim.Adam(_param_groups(model, lr, cfg.weight_decay), betas=cfg.betas)
+    pos_table = model.pos.reshape(-1, model.cfg.flow.pos_dim)
+    hooks = _freeze_old_rows(model.prior, k_old)
+    new_draws = class_balanced_draws(labels, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
+    old_draws = class_balanced_draws(replay.lines, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
+    channels = model.channels
+    model.train()
+    try:
+        for step in progress(range(steps), total=steps, desc="add lines"):
+            x, sel, y = _new_batch(features, labels, new_draws[step], model.side, cfg.positions_per_image, gen)
+            rows = old_draws[step]
+            xr = replay.vectors[rows].float().reshape(-1, channels)
+            selr = replay.positions[rows].flatten()
+            z, logdet = model.flow(torch.cat([x, xr]), pos_table[torch.cat([sel, selr])])
+            n = x.shape[0]
+            ys = torch.cat([y, replay.lines[rows][:, None].expand(-1, replay.positions.shape[1]).flatten()])
+            zs, lds = torch.cat([z[:n], z[n:].detach()]), torch.cat([logdet[:n], logdet[n:].detach()])
+            loss = model.prior.losses(zs, lds, ys, cfg, intra=True).total
+            drift = (z[n:] - anchors.z[rows].reshape(-1, channels)).pow(2).mean()
+            drift = drift + ((logdet[n:] - anchors.logdet[rows].flatten()) / channels).pow(2).mean()
+            loss = loss + recipe.anchor * drift
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * _lr_factor(step, steps, max(1, steps // 10))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+    finally:
+        for h in hooks:
+            h.remove()
+    model.eval()
+
+
+def _new_batch(features, labels, images, side, per_image, gen):
+    """Vectors [N, C], their flat positions [N] and lines [N] at sampled positions of new-line images."""
+    sel = torch.randint(0, side * side, (images.numel(), per_image), generator=gen)
+    x = vectors_at(features[images].float(), sel).reshape(-1, features.shape[1])
+    return x, sel.flatten(), labels[images][:, None].expand(-1, per_image).flatten()
+
+
+def check_new_lines(old: Sequence[str], new: Sequence[str], replay: Replay) -> None:
+    """Refuse lines the model already has, and a replay sample that misses one of its lines."""
+    if clash := [c for c in new if c in old]:
+        raise DataError(f"--classes: {', '.join(clash)} already in the model (it has {', '.join(old)})")
+    if missing := [c for c in old if c not in replay.classes]:
+        raise BadInputError(f"the model's replay sample lacks line(s) {', '.join(missing)}: retrain it from scratch")
+
+
+def add_lines(
+    base: LoadedModel,
+    samples: Sequence[Sample],
+    replay: Replay,
+    recipe: FineTune = FineTune(),
+    device: str | torch.device = "cpu",
+    progress: Progress = quiet,
+) -> tuple[HGAD, AddReport]:
+    """The base model with the lines of `samples` added (see the module's docstring); the report's seconds
+    include reading the new images."""
+    t0 = time.perf_counter()
+    new = tuple(dict.fromkeys(s.class_name for s in samples))
+    check_new_lines(base.model.classes, new, replay)  # before the images are read, not after
+    # Raw features are the frozen backbone's: the base model gives them as the grown one would.
+    raw = extract_features(base.model.cpu().eval(), [s.path for s in samples], torch.device(device), progress=progress)
+    lines = [s.class_name for s in samples]
+    model, report = add_lines_from_features(base.model, raw, lines, replay, recipe, device, progress)
+    return model, dataclasses.replace(report, seconds=time.perf_counter() - t0)
+
+
+def add_lines_from_features(
+    base: HGAD,
+    raw: torch.Tensor,
+    lines: Sequence[str],
+    replay: Replay,
+    recipe: FineTune = FineTune(),
+    device: str | torch.device = "cpu",
+    progress: Progress = quiet,
+) -> tuple[HGAD, AddReport]:
+    """As `add_lines`, from the new lines' raw grid features [N, C, h, w] and each row's line."""
+    t0 = time.perf_counter()
+    old, new = base.classes, tuple(dict.fromkeys(lines))
+    check_new_lines(old, new, replay)
+    base, old_replay = base.cpu().eval(), replay.of(old)
+    model = grow(base, old + new)
+    with torch.inference_mode():
+        features = model.features.standardised(raw.float()).half()
+    labels = torch.tensor([len(old) + new.index(line) for line in lines])
+    held_out = old_replay.every_nth_image(HELD_OUT_EVERY)
+    anchored = old_replay.rows(~held_out)
+    fine_tune(model, features, labels, anchored, Anchors.of(base, anchored), recipe, progress)
+    fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
+    moved = correct_old_lines(base, model, old_replay, held_out)
+    kept = [line for line, shift in moved.items() if shift < KEEP_TOLERANCE]
+    grown = sample_replay(features, labels, model.classes, model.cfg.train.seed)
+    combined = Replay(
+        torch.cat([old_replay.vectors, grown.vectors]), torch.cat([old_replay.positions, grown.positions]),
+        torch.cat([old_replay.lines, grown.lines]), model.classes,
+    )  # fmt: skip
+    report = AddReport(list(new), len(lines), time.perf_counter() - t0, kept, moved, combined)
+    return model, report

@@ -1,0 +1,135 @@
+"""Adding a line to a trained model: the old line is rehearsed from the replay sample kept with the model, its
+profiles carry over when its scores did not move, and the agent's profile check follows the lineage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.db import open_database
+from calibration.store import ProfileMismatchError, ProfileStore
+from hgad.add_lines import KEEP_TOLERANCE, Anchors, FineTune, add_lines, add_lines_from_features, grow
+from hgad.config import ModelConfig, TrainConfig
+from hgad.data.datasets import load_split
+from hgad.model_dir import load_model, save_model
+from hgad.replay import load as load_replay
+from hgad.train import extract_features, train
+
+from .conftest import EPOCHS, SIZE, hgad_cli
+from .test_agent_dispatcher import save_profile
+
+
+@pytest.fixture(scope="module")
+def fabric_model(tiny_data, tmp_path_factory):
+    """The recipe trained on fabric alone, saved with its replay sample."""
+    out = tmp_path_factory.mktemp("fabric-model")
+    cfg = ModelConfig(classes=("fabric",), image_size=SIZE, train=TrainConfig(epochs=EPOCHS))
+    model, report = train(cfg, load_split(tiny_data, "train", ["fabric"]))
+    save_model(model, out, report.to_dict(), report.replay)
+    return out
+
+
+def test_the_replay_sample_is_kept_with_the_model_and_bounded(fabric_model):
+    replay = load_replay(fabric_model)
+    assert replay.classes == ("fabric",) and replay.vectors.dtype == torch.float16
+    assert replay.vectors.shape[0] <= 16 and replay.vectors.shape[1] <= 128
+    assert (fabric_model / "replay.safetensors").stat().st_size < 2 * 2**20
+
+
+def test_growing_keeps_the_old_line_and_adds_centres(fabric_model):
+    base = load_model(fabric_model).model
+    grown = grow(base, ("fabric", "pcb"))
+    assert grown.classes == ("fabric", "pcb") and grown.prior.mu.shape[0] == 2
+    assert torch.equal(grown.prior.mu[0], base.prior.mu[0]) and torch.equal(grown.pos_mean[0], base.pos_mean[0])
+    assert grown.prior.mu[1].norm() > 1.0 and torch.equal(grown.features.scale, base.features.scale)
+    frames = torch.zeros(1, SIZE, SIZE, 3, dtype=torch.uint8)
+    with torch.inference_mode():
+        # Before any fine-tuning the old line scores as it did, class-aware, up to the mixture's weights.
+        a = base(frames, base.class_bias("fabric", 1))[1]
+        b = grown(frames, grown.class_bias("fabric", 1))[1]
+    assert torch.allclose(a, b, rtol=0.05, atol=0.05)
+
+
+def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, tiny_data):
+    """Without the anchor the fine-tuning moves the old line's latents freely; with it they stay near the base
+    flow's, and the old line's centres do not move at all."""
+    base = load_model(fabric_model)
+    replay = load_replay(fabric_model)
+    samples = load_split(tiny_data, "train", ["pcb"])
+    raw = extract_features(base.model, [s.path for s in samples], torch.device("cpu"))
+    before = Anchors.of(base.model, replay)
+    moved = {}
+    for anchor in (0.0, 10.0):
+        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, FineTune(3, 0.2, anchor))
+        moved[anchor] = float((Anchors.of(model, replay).z - before.z).pow(2).mean())
+        assert torch.equal(model.prior.mu[0], base.model.prior.mu[0])
+        assert torch.equal(model.prior.delta[0], base.model.prior.delta[0])
+    assert moved[10.0] < 0.5 * moved[0.0], moved
+
+
+def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, tiny_data, tmp_path):
+    base = load_model(fabric_model)
+    model, report = add_lines(
+        base, load_split(tiny_data, "train", ["pcb"]), load_replay(fabric_model), FineTune(epochs=4)
+    )
+    assert report.added == ["pcb"] and set(report.moved) == {"fabric"}
+    assert (report.kept == ["fabric"]) == (report.moved["fabric"] < KEEP_TOLERANCE)
+    # The new line has statistics of its own, fitted from its images; the old line's were moved with the flow.
+    fresh = grow(base.model, ("fabric", "pcb"))
+    assert not torch.equal(model.pos_mean[1], fresh.pos_mean[1]) and (model.pos_var[1] > 0).all()
+    assert not torch.equal(model.pos_mean[0], base.model.pos_mean[0])
+    assert torch.equal(model.ll_ref, base.model.ll_ref) and torch.equal(model.ll_spread, base.model.ll_spread)
+    # Its images' scores now come from its own mixture: the class posterior names pcb for pcb's test images.
+    test = load_split(tiny_data, "test", ["pcb"])
+    from hgad.data.images import read_image
+
+    frames = torch.from_numpy(np.stack([read_image(s.path, SIZE) for s in test]))
+    with torch.inference_mode():
+        x = model.forward_features(model.preprocess(frames)).permute(0, 2, 3, 1)
+        z, _ = model.flow(x, model.pos)
+        joint = model.prior.score(z, model.class_bias(None, len(test))[:, None, None, :]).joint
+    assert (model.line_weights(joint).argmax(dim=1) == 1).float().mean() > 0.9
+    lineage = {"from": base.model_id, "kept": report.kept, "moved": report.moved, "before": None}
+    save_model(model, tmp_path / "grown", report.to_dict(), report.replay, lineage=lineage)
+    assert load_replay(tmp_path / "grown").classes == ("fabric", "pcb")
+    assert load_model(tmp_path / "grown").meta["lineage"]["moved"] == report.moved
+
+
+@pytest.mark.parametrize("kept", [["fabric"], []])
+def test_the_profile_check_follows_the_lineage(fabric_model, tmp_path, kept):
+    """A line kept when lines were added finds the old model's profile; a moved or new line must recalibrate.
+    (The verdict itself comes from the fine-tuning; here both verdicts are written as add_lines would.)"""
+    base = load_model(fabric_model)
+    lineage = {"from": base.model_id, "kept": kept, "moved": {"fabric": 0.01 if kept else 0.5}, "before": None}
+    save_model(grow(base.model, ("fabric", "pcb")), tmp_path / "grown", lineage=lineage)
+    grown = load_model(tmp_path / "grown")
+    store = ProfileStore(open_database(tmp_path / "db.sqlite"))
+    save_profile(store, base.model_id, "fabric")
+    save_profile(store, base.model_id, "pcb")  # a profile of the old model for a line it never had
+    if kept:
+        assert grown.profile_models("fabric") == {grown.model_id, base.model_id}
+        assert store.active_for("fabric", grown.model_id, grown.profile_models("fabric")).model_id == base.model_id
+    else:
+        with pytest.raises(ProfileMismatchError, match="recalibrate the line"):
+            store.active_for("fabric", grown.model_id, grown.profile_models("fabric"))
+    with pytest.raises(ProfileMismatchError, match="recalibrate the line"):
+        store.active_for("pcb", grown.model_id, grown.profile_models("pcb"))
+
+
+def test_train_from_through_the_command_line(fabric_model, tiny_data, tmp_path):
+    out = tmp_path / "grown"
+    r = hgad_cli("train", "--from", str(fabric_model), "--data", str(tiny_data), "--classes", "pcb",
+                 "--out", str(out), "--epochs", "2")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["classes"] == ["fabric", "pcb"] and meta["lineage"]["from"] == load_model(fabric_model).model_id
+    assert "profiles of" in r.stdout
+    again = hgad_cli(
+        "train", "--from", str(out), "--data", str(tiny_data), "--classes", "pcb", "--out", str(tmp_path / "x")
+    )
+    assert again.returncode == 2 and "pcb already in the model" in again.stderr
+    none = hgad_cli("train", "--from", str(fabric_model), "--data", str(tiny_data), "--out", str(tmp_path / "y"))
+    assert none.returncode == 2 and "name the lines to add with --classes" in none.stderr

@@ -1,0 +1,159 @@
+"""Camera sources on real files and folders read through OpenCV: lossless recordings, newest-frame-wins live
+sources, undecodable images, a source that appears late."""
+
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from agent.camera import Camera
+from agent.config import CameraConfig
+
+from .conftest import write_video
+
+
+def _frames(n, size=64):
+    return [np.full((size, size, 3), (i * 7) % 255, np.uint8) for i in range(n)]
+
+
+def _drain(cam: Camera, until, timeout=20.0):
+    got = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not until(cam, got):
+        f = cam.take()
+        if f is None:
+            cam.wait_any(0.1)
+        else:
+            got.append(f)
+    return got
+
+
+def test_recording_is_read_losslessly(tmp_path):
+    video = write_video(tmp_path / "v.avi", _frames(40))
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l"))
+    assert cam.kind == "file" and cam.lossless
+    cam.start()
+    got = _drain(cam, lambda c, g: c.finished)
+    cam.stop()
+    assert [f.index for f in got] == list(range(40))
+    assert cam.stats.dropped == 0 and cam.stats.ended
+
+
+def test_a_realtime_recording_plays_at_its_own_frame_rate(tmp_path):
+    # 30 frames at 20 frames/s: 1.5 s of video. Paced from the first frame, not frame to frame, so the pace neither
+    # drifts nor compounds (a wait that grew with the frame index once made a 2.4 s loop take 30 s).
+    video = write_video(tmp_path / "v.avi", _frames(30), fps=20.0)
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l", realtime=True))
+    t0 = time.monotonic()
+    cam.start()
+    got = _drain(cam, lambda c, g: c.stats.ended, timeout=30.0)
+    took = time.monotonic() - t0
+    cam.stop()
+    assert cam.stats.frames_in == 30 and got
+    assert 1.2 < took < 6.0, f"a 1.5 s recording took {took:.1f} s to play"
+
+
+def test_live_like_source_drops_old_frames_and_counts_them(tmp_path):
+    video = write_video(tmp_path / "v.avi", _frames(60), fps=200.0)
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l", realtime=True))
+    cam.start()
+    # A slow consumer: the camera keeps only the newest frame.
+    got = []
+    while not cam.stats.ended:
+        f = cam.take()
+        if f is not None:
+            got.append(f)
+        cam.wait_any(0.05)
+        time.sleep(0.02)  # the consumer's own work; drops are the point of this test
+    cam.stop()
+    assert cam.stats.dropped > 0
+    assert cam.stats.frames_in == 60
+    assert len(got) + cam.stats.dropped >= 59  # every frame was either delivered or counted as dropped
+
+
+def test_folder_source_counts_undecodable_images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, f in enumerate(_frames(5)):
+        cv2.imwrite(str(folder / f"{i:02d}.png"), f)
+    (folder / "02b.png").write_bytes(b"garbage, not a png")
+    cam = Camera(CameraConfig(name="c", source=str(folder), line="l"))
+    assert cam.kind == "folder"
+    cam.start()
+    got = _drain(cam, lambda c, g: c.finished)
+    cam.stop()
+    assert len(got) == 5 and cam.stats.corrupt == 1
+
+
+def test_a_source_gone_after_start_is_down_and_recovers_when_it_is_back(tmp_path):
+    video = write_video(tmp_path / "late.avi", _frames(5))
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l", reopen_min_s=0.1, reopen_max_s=0.2))
+    video.unlink()  # checked at start (config), gone by the time the camera opens it
+    cam.start()
+    deadline = time.monotonic() + 10
+    while cam.stats.last_error == "" and time.monotonic() < deadline:
+        cam.wait_any(0.05)
+    assert not cam.stats.up and "cannot open" in cam.stats.last_error
+    write_video(video, _frames(5))
+    got = _drain(cam, lambda c, g: len(g) == 5)
+    cam.stop()
+    assert len(got) == 5
+
+
+def test_passwords_in_stream_urls_are_masked():
+    from agent.camera import masked
+
+    assert masked("rtsp://line3:s3cret@10.0.0.5:554/stream1") == "rtsp://line3:***@10.0.0.5:554/stream1"
+    assert masked("http://10.0.0.5/mjpeg") == "http://10.0.0.5/mjpeg"
+    assert masked("/var/lib/video.mp4") == "/var/lib/video.mp4"
+
+
+def test_a_stream_that_cannot_open_is_a_warning_per_backoff_step_naming_the_camera(caplog):
+    """Nothing listens on port 9: the URL never opens. The warning names the camera and the source with its
+    password masked, once per backoff step while the delay grows, never a line per attempt."""
+    cfg = CameraConfig(
+        name="cam7", source="http://op:s3cret@127.0.0.1:9/mjpeg", line="l", reopen_min_s=0.05, reopen_max_s=0.4
+    )
+    cam = Camera(cfg)
+    with caplog.at_level("INFO", logger="agent.camera"):
+        cam.start()
+        deadline = time.monotonic() + 20
+        while cam._failed_opens < 14 and time.monotonic() < deadline:
+            cam.wait_any(0.05)
+        cam.stop()
+        cam.join(5)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert cam._failed_opens >= 14
+    # 0.05, 0.1, 0.2 grow; 0.4 is the cap: the first four, then the tenth attempt.
+    assert 4 <= len(warnings) <= 6, [r.fields for r in warnings]
+    assert all(
+        r.fields["camera"] == "cam7" and r.fields["source"] == "http://op:***@127.0.0.1:9/mjpeg" for r in warnings
+    )
+    assert "s3cret" not in caplog.text and "s3cret" not in cam.stats.last_error
+
+
+def test_the_end_of_a_recording_is_information_not_a_warning(tmp_path, caplog):
+    video = write_video(tmp_path / "v.avi", _frames(3))
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l"))
+    with caplog.at_level("INFO", logger="agent.camera"):
+        cam.start()
+        _drain(cam, lambda c, g: c.finished)
+        cam.stop()
+    down = [r for r in caplog.records if r.msg == "camera down"]
+    assert [r.levelname for r in down] == ["INFO"] and down[0].fields["reason"] == "end of recording"
+
+
+def test_the_camera_thread_resizes_for_the_model_and_times_it(tmp_path):
+    from agent.health import StageTimes
+
+    video = write_video(tmp_path / "v.avi", [np.full((72, 128, 3), i * 20, np.uint8) for i in range(4)])
+    stages = StageTimes()
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l"), model_size=32, stages=stages)
+    cam.start()
+    got = _drain(cam, lambda c, g: c.finished)
+    cam.stop()
+    assert [f.image.shape for f in got] == [(72, 128, 3)] * 4  # kept whole for heatmaps and regions
+    assert [f.model_input.shape for f in got] == [(32, 32, 3)] * 4
+    assert set(stages.summary()) == {"decode", "resize"} and all(v >= 0 for v in stages.summary().values())

@@ -1,0 +1,83 @@
+"""The agent's wiring: which line each camera judges at start (and why, in the log), and what `open()`
+refuses before any thread starts. Running it end to end is in test_agent_e2e.py and test_faults.py."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+
+from agent.config import parse_config
+from agent.daemon import Agent
+from calibration.db import open_database
+from calibration.store import ProfileStore
+from hgad.errors import BadInputError
+
+from .conftest import write_video
+from .test_agent_dispatcher import save_profile
+
+
+def _config(tmp_path, tiny_model, calibrated_db, cameras):
+    shutil.copyfile(calibrated_db, tmp_path / "db.sqlite")
+    save_profile(ProfileStore(open_database(tmp_path / "db.sqlite")), tiny_model.model_id, "pcb")
+    video = write_video(tmp_path / "v.avi", [np.zeros((64, 64, 3), np.uint8)] * 2)
+    data = {
+        "model": str(tiny_model.path),
+        "backend": "torch",
+        "storage": {"database": str(tmp_path / "db.sqlite"), "state_dir": str(tmp_path / "state")},
+        "cameras": [{"name": n, "source": str(video), "line": line} for n, line in cameras],
+        "web": {"enabled": False},
+    }
+    return parse_config(data)
+
+
+def test_a_line_switched_at_run_time_stands_until_the_configuration_is_edited(
+    tmp_path, tiny_model, calibrated_db, caplog
+):
+    cfg = _config(
+        tmp_path,
+        tiny_model,
+        calibrated_db,
+        [("cam1", "fabric"), ("cam2", "pcb"), ("cam3", "fabric"), ("old", "fabric")],
+    )
+    agent = Agent(cfg)
+    agent.engine = open_database(cfg.database_path)
+    from agent.store import AgentStore
+
+    store = AgentStore(agent.engine, tmp_path / "hm", cfg.storage)
+    store.set_line("cam1", "pcb", "fabric")  # switched by an operator; the file still says fabric
+    store.set_line("cam2", "fabric", "fabric")  # switched back to fabric, and the file was then edited to pcb
+    store.set_line("old", "pcb", "fabric")
+    con = sqlite3.connect(cfg.database_path)
+    con.execute("UPDATE camera_state SET config_line = NULL WHERE camera = 'old'")  # a row of an older agent
+    con.commit()
+    con.close()
+    agent.engine.dispose()
+    with caplog.at_level(logging.INFO, logger="agent.daemon"):
+        agent.open()
+    try:
+        assert {n: rt.line for n, rt in agent.runtimes.items()} == {
+            "cam1": "pcb",
+            "cam2": "pcb",
+            "cam3": "fabric",
+            "old": "pcb",
+        }
+        why = {r.fields["camera"]: r.fields["why"] for r in caplog.records if r.msg == "camera line"}
+        assert why["cam1"].startswith("switched at run time") and "configuration says fabric" in why["cam1"]
+        assert why["cam2"].startswith("the configuration, edited since the switch to fabric")
+        assert why["cam3"] == "the configuration" and why["old"].startswith("switched at run time")
+    finally:
+        agent.engine.dispose()
+
+
+def test_open_refuses_a_camera_whose_line_has_no_profile(tmp_path, tiny_model, calibrated_db):
+    cfg = _config(tmp_path, tiny_model, calibrated_db, [("cam1", "fabric"), ("cam2", "bottle")])
+    agent = Agent(cfg)
+    with pytest.raises(
+        BadInputError, match=r"camera cam2: line 'bottle' has no calibration profile; run: hgad-edge calibrate"
+    ):
+        agent.open()
+    agent.engine.dispose()
