@@ -63,6 +63,17 @@ def build(classes: list[str], run: Run, image_size: int) -> HGAD:
     return HGAD(cfg)
 
 
+def fit(model: HGAD, features: torch.Tensor, labels: torch.Tensor) -> float:
+    """The recipe's fitting steps on raw cached features (standardised in place); the flow's seconds."""
+    fit_standardisation(model.features, features)
+    start = time.perf_counter()
+    fit_flows(model, features, labels, CPU)
+    seconds = time.perf_counter() - start
+    fit_position_stats(model, features, labels, CPU)
+    fit_references(model, features, CPU)
+    return seconds
+
+
 def cached_features(path: Path, classes: list[str], train: list[Sample], test: list[Sample], size: int) -> dict:
     """Raw (unstandardised) grid features of the train and test images, extracted once."""
     if not path.exists():
@@ -132,13 +143,7 @@ def main() -> None:
     masks = np.stack([read_mask(s.mask, MAP_SIZE) for s in test])
     for run in a.runs:
         model = build(trained, run, a.image_size)
-        features = cache["train"][keep].clone()  # standardised in place below
-        fit_standardisation(model.features, features)
-        start = time.perf_counter()
-        fit_flows(model, features, labels, CPU)
-        seconds = time.perf_counter() - start
-        fit_position_stats(model, features, labels, CPU)
-        fit_references(model, features, CPU)
+        seconds = fit(model, cache["train"][keep].clone(), labels)
         scores, maps = score_test(model, cache["test"])
         image = {c: auroc(anomalous[line == c], scores[line == c]) for c in classes}
         pixel = {c: auroc(masks[line == c], maps[line == c]) for c in classes}

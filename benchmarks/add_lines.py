@@ -1,14 +1,16 @@
 """Adding lines to a trained model against training on every line from scratch, on cached features.
 
-    python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--epochs 12] [--lr-factor 0.5]
-        [--anchor 1.0] [--image-size 768]
+    python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--lines a,b,...] [--epochs 12]
+        [--lr-factor 0.5] [--anchor 1.0] [--image-size 768]
 
 The recipe is trained on the other lines (the base), the `--add` lines are then added with `add_lines` (the
-base's replay sample, fine-tuning, statistics), and every line of DATA is scored class-agnostically, as
+base's replay sample, fine-tuning, statistics), and every line taking part is scored class-agnostically, as
 benchmarks.ablation scores (maps at 256 px). One JSON line: per-line image and pixel AUROC of the base (on its
 own lines) and of the grown model, the old lines' verdicts, and the minutes each step took. CACHE.pt is the
 ablation harness's cache of the same size; the trained base is kept beside it (CACHE.base-<lines>.pt) for the
-next run with the same lines.
+next run with the same lines. `--lines` limits the lines taking part to some of DATA's (e.g. the first 12
+lines of a 36-line set and one more), with the cache still of all of DATA. `--scratch` also trains the recipe on
+every line taking part from scratch, the model the grown one is measured against.
 """
 
 from __future__ import annotations
@@ -24,17 +26,17 @@ import torch
 from hgad.add_lines import FineTune, add_lines_from_features
 from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
-from hgad.features import fit_standardisation
 from hgad.memory import keep_freed_memory
 from hgad.metrics import auroc
 from hgad.replay import sample
-from hgad.train import fit_flows, fit_position_stats, fit_references
 
-from .ablation import CPU, MAP_SIZE, Run, build, cached_features, score_test
+from .ablation import MAP_SIZE, Run, build, cached_features, fit, score_test
 
 
 def per_line(model, cache_test, test, lines) -> dict[str, dict[str, float]]:
-    scores, maps = score_test(model, cache_test)
+    taking_part = torch.tensor([s.class_name in lines for s in test])
+    test = [s for s in test if s.class_name in lines]
+    scores, maps = score_test(model, cache_test[taking_part])
     line = np.array([s.class_name for s in test])
     anomalous = np.array([s.label for s in test], dtype=bool)
     masks = np.stack([read_mask(s.mask, MAP_SIZE) for s in test])
@@ -45,43 +47,50 @@ def per_line(model, cache_test, test, lines) -> dict[str, dict[str, float]]:
     }  # fmt: skip
 
 
+def trained(cache_path: Path, lines: list[str], features: torch.Tensor, train, size: int):
+    """The recipe trained from scratch on `lines` (kept beside the cache for the next run), with those lines'
+    standardised training features and their labels."""
+    taking_part = torch.tensor([s.class_name in lines for s in train])
+    features = features[taking_part].clone()
+    labels = torch.tensor([lines.index(s.class_name) for s in train if s.class_name in lines])
+    path = cache_path.with_name(f"{cache_path.stem}.base-{'-'.join(lines)}.pt")
+    if path.exists():
+        model = torch.load(path, weights_only=False)
+        return model, model.features.standardised(features), labels
+    model = build(lines, Run("hgad", 12, 0), size)
+    fit(model, features, labels)
+    torch.save(model, path)
+    return model, features, labels
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("data", type=Path)
     ap.add_argument("cache", type=Path)
     ap.add_argument("--add", required=True)
+    ap.add_argument("--lines", default="", help="the lines taking part (default: all of DATA's)")
     ap.add_argument("--epochs", type=int, default=FineTune.epochs)
     ap.add_argument("--lr-factor", type=float, default=FineTune.lr_factor)
     ap.add_argument("--anchor", type=float, default=FineTune.anchor)
     ap.add_argument("--image-size", type=int, default=768)
+    ap.add_argument("--scratch", action="store_true", help="also train every line taking part from scratch")
     a = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(2)
     classes = select_classes(a.data, None)
     added = a.add.split(",")
-    old = [c for c in classes if c not in added]
+    lines = a.lines.split(",") if a.lines else classes
+    old = [c for c in lines if c not in added]
     train, test = load_split(a.data, "train", classes), load_split(a.data, "test", classes)
     cache = cached_features(a.cache, classes, train, test, a.image_size)
-    is_old = torch.tensor([s.class_name in old for s in train])
+    is_new = torch.tensor([s.class_name in added for s in train])
     t0 = time.perf_counter()
-    features = cache["train"][is_old].clone()
-    labels = torch.tensor([old.index(s.class_name) for s in train if s.class_name in old])
-    base_path = a.cache.with_name(f"{a.cache.stem}.base-{'-'.join(old)}.pt")
-    if base_path.exists():
-        base = torch.load(base_path, weights_only=False)
-        features = base.features.standardised(features)
-    else:
-        base = build(old, Run("hgad", 12, 0), a.image_size)
-        fit_standardisation(base.features, features)
-        fit_flows(base, features, labels, CPU)
-        fit_position_stats(base, features, labels, CPU)
-        fit_references(base, features, CPU)
-        torch.save(base, base_path)
+    base, features, labels = trained(a.cache, old, cache["train"], train, a.image_size)
     t1 = time.perf_counter()
     replay = sample(features, labels, base.classes, 0)
-    lines = [s.class_name for s in train if s.class_name in added]
+    new_lines = [s.class_name for s in train if s.class_name in added]
     grown, report = add_lines_from_features(
-        base, cache["train"][~is_old], lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor)
+        base, cache["train"][is_new], new_lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor)
     )
     t2 = time.perf_counter()
     result = {
@@ -90,8 +99,13 @@ def main() -> None:
         "kept": report.kept, "moved": report.moved,
         "replay_mb": round(report.replay.nbytes / 2**20, 2),
         "base": per_line(base, cache["test"], test, old),
-        "grown": per_line(grown, cache["test"], test, classes),
+        "grown": per_line(grown, cache["test"], test, lines),
     }  # fmt: skip
+    if a.scratch:
+        t3 = time.perf_counter()
+        scratch = trained(a.cache, lines, cache["train"], train, a.image_size)[0]
+        result["scratch_minutes"] = round((time.perf_counter() - t3) / 60, 1)
+        result["scratch"] = per_line(scratch, cache["test"], test, lines)
     print(json.dumps(result), flush=True)
 
 

@@ -1,0 +1,35 @@
+"""The real-photo benchmark's larger sets: the first 12 lines are the 12-line set image for image, and each
+near-alike variant differs from its product the way its recipe says."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+
+from benchmarks.photo_lines import LINES, SETS, finish, load_source, write
+
+
+def test_the_larger_sets_start_with_the_twelve_lines_unchanged(tmp_path):
+    twelve = write(tmp_path / "12", train=2, test=3, lines=SETS[12])
+    write(tmp_path / "36", train=2, test=3, lines=SETS[36])
+    assert json.loads((tmp_path / "36" / "photo_lines.json").read_text())["lines"] == SETS[36]
+    assert len(SETS[36]) == len(set(SETS[36])) == 36 and SETS[24] == SETS[36][:24]
+    for line in twelve:
+        for path in sorted((tmp_path / "12" / line).rglob("*.png")):
+            other = tmp_path / "36" / path.relative_to(tmp_path / "12")
+            assert (cv2.imread(str(path)) == cv2.imread(str(other))).all(), other
+
+
+def test_a_colourway_turns_the_hue_and_a_finish_scales_the_brightness():
+    cup = load_source(LINES["coffee"].source)
+    teal = finish(cup, LINES["coffee-teal"])
+    assert teal.shape == cup.shape
+    hue = [cv2.cvtColor(im, cv2.COLOR_BGR2HSV)[..., 0].astype(int) for im in (cup, teal)]
+    saturated = cv2.cvtColor(cup, cv2.COLOR_BGR2HSV)[..., 1] > 80
+    turned = (hue[1] - hue[0]) % 180
+    assert np.median(turned[saturated]) == LINES["coffee-teal"].hue
+    brick = load_source(LINES["brick"].source)
+    dark = finish(brick, LINES["brick-dark"])
+    assert abs(dark.mean() / brick.mean() - LINES["brick-dark"].gain) < 0.02
