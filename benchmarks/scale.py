@@ -11,7 +11,9 @@ model: per-line image AUROC, pixel AUROC and AUPRO; the minutes of flow training
 confusion of class-agnostic scoring (how often the posterior's line is not the image's, which lines it
 takes for which, and the image AUROC class-aware scoring gains on those lines); and the milliseconds of one
 frame at batch 1 through the whole model, timed for every size in one loop so that the ratio holds on a
-shared machine. The process's peak RSS is in the JSON.
+shared machine; and where the flow maps normal and defect positions (`mapping`). The process's peak RSS is
+in the JSON. `--unstandardised` adds the class-agnostic scores without the per-line, per-position
+standardisation of the log-likelihoods.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
@@ -43,6 +47,8 @@ class Scored:
     scores: np.ndarray  # [N] image scores
     maps: np.ndarray  # [N, 256, 256] float16 anomaly maps
     named: np.ndarray | None  # [N] the line the posterior names (class-agnostic hgad only)
+    latent: np.ndarray  # [N, h, w] the prior's log-density of z per dimension, before standardisation
+    logdet: np.ndarray  # [N, h, w] the flow's log-determinant per dimension
 
 
 @torch.inference_mode()
@@ -50,22 +56,61 @@ def score(model: HGAD, features: torch.Tensor, lines: np.ndarray | None, batch: 
     """Scores and maps of cached test features: class-aware when `lines` (each image's line index) is given."""
     blur = GaussianBlur(model.cfg.score.sigma)
     k = len(model.classes)
-    scores, maps, named = [], [], []
+    scores, maps, named, latent, logdet = [], [], [], [], []
     for i in range(0, features.shape[0], batch):
         feats = model.features.standardised(features[i : i + batch].float())
         bias = torch.zeros(feats.shape[0], k)
         if lines is not None:
             bias.fill_(MASKED)
             bias[torch.arange(feats.shape[0]), torch.from_numpy(lines[i : i + batch])] = 0.0
-        z, _ = model.flow(feats.permute(0, 2, 3, 1), model.pos)
+        z, ld = model.flow(feats.permute(0, 2, 3, 1), model.pos)
         out = model.prior.score(z, bias[:, None, None, :])
+        latent.append(out.ll.numpy().astype(np.float16))
+        logdet.append((ld / z.shape[-1]).numpy().astype(np.float16))
         weights = model.line_weights(out.joint)
         amap = blur(anomaly_map(model.standardise_positions(out.ll, weights), model.ll_ref, MAP_SIZE))
         scores.append(image_score(amap).numpy())
         maps.append(amap.numpy().astype(np.float16))
         named.append(weights.argmax(dim=1).numpy())
     informative = lines is None and model.cfg.prior.kind == "hgad"
-    return Scored(np.concatenate(scores), np.concatenate(maps), np.concatenate(named) if informative else None)
+    named = np.concatenate(named) if informative else None
+    return Scored(np.concatenate(scores), np.concatenate(maps), named, np.concatenate(latent), np.concatenate(logdet))
+
+
+@torch.inference_mode()
+def unstandardised(s: Scored, sigma: float, batch: int = 64) -> Scored:
+    """The same class-agnostic pass scored by the latent log-density alone, without the per-line, per-position
+    standardisation: the paper's score, which leaves the prior to tell the lines' densities apart."""
+    blur = GaussianBlur(sigma)
+    scores, maps = [], []
+    for i in range(0, s.latent.shape[0], batch):
+        ll = torch.from_numpy(s.latent[i : i + batch].astype(np.float32))
+        amap = blur(F.interpolate(-ll[:, None], size=(MAP_SIZE, MAP_SIZE), mode="bilinear", align_corners=True)[:, 0])
+        scores.append(image_score(amap).numpy())
+        maps.append(amap.numpy().astype(np.float16))
+    return Scored(np.concatenate(scores), np.concatenate(maps), None, s.latent, s.logdet)
+
+
+def mapping(s: Scored, masks: np.ndarray, anomalous: np.ndarray) -> dict:
+    """Where the flow puts normal and defect positions (the grid cells of a defect image more than half
+    inside its mask, against every cell of the normal images): the mean latent log-density and log-determinant
+    per dimension of each, and the pixel AUROC at grid cells of the latent term alone (what is scored) and of
+    the whole log-likelihood with the log-determinant. A flow that maps defects as densely as normal texture
+    (the homogeneous mapping HGAD's paper describes for one Gaussian) shows a small latent gap."""
+    side = s.latent.shape[-1]
+    grid = np.stack([cv2.resize(m.astype(np.float32), (side, side), interpolation=cv2.INTER_AREA) for m in masks])
+    defect = (grid > 0.5) & anomalous[:, None, None]
+    normal = np.broadcast_to(~anomalous[:, None, None], defect.shape)
+    latent, logdet = s.latent.astype(np.float32), s.logdet.astype(np.float32)
+    cells = defect | normal
+    return {
+        "latent_normal": round(float(latent[normal].mean()), 3),
+        "latent_defect": round(float(latent[defect].mean()), 3),
+        "logdet_normal": round(float(logdet[normal].mean()), 3),
+        "logdet_defect": round(float(logdet[defect].mean()), 3),
+        "cell_auroc_latent": round(auroc(defect[cells], -latent[cells]), 4),
+        "cell_auroc_with_logdet": round(auroc(defect[cells], -(latent + logdet)[cells]), 4),
+    }
 
 
 def metrics(s: Scored, names: list[str], line: np.ndarray, anomalous: np.ndarray, masks: np.ndarray) -> dict:
@@ -125,6 +170,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--image-size", type=int, default=768)
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--unstandardised", action="store_true", help="also score class-agnostic by the latent density alone"
+    )
     a = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(2)
@@ -153,10 +201,17 @@ def main() -> None:
                    "flow_minutes_per_1000_images": round(flow_s / 60 / tr.sum() * 1000, 2)}  # fmt: skip
             for mode, given in (("agnostic", None), ("aware", test_line[te])):
                 s = score(model, cache["test"][torch.from_numpy(te)], given)
-                per_line = metrics(s, names, test_line[te], anomalous[te], masks[te])
+                truth = (test_line[te], anomalous[te], masks[te])
+                per_line = metrics(s, names, *truth)
                 run[mode] = {k: mean(per_line, k) for k in ("image", "pixel", "aupro")} | {"per_line": per_line}
                 if s.named is not None:
                     run["confusion"] = confusion(s, names, test_line[te], anomalous[te])
+                if mode == "agnostic":
+                    run["mapping"] = mapping(s, masks[te], anomalous[te])
+                    if a.unstandardised:
+                        raw = metrics(unstandardised(s, model.cfg.score.sigma), names, *truth)
+                        run["unstandardised"] = {k: mean(raw, k) for k in ("image", "pixel", "aupro")}
+                        run["unstandardised"]["per_line"] = raw
             if "confusion" in run:
                 confused = {p["line"] for p in run["confusion"]["pairs"]}
                 image = {m: {c: v["image"] for c, v in run[m]["per_line"].items()} for m in ("aware", "agnostic")}
@@ -164,8 +219,9 @@ def main() -> None:
                 run["confusion"]["aware_gain_on_confused_lines"] = round(float(np.mean(gain)), 4) if gain else 0.0
             run["peak_rss_mb"] = peak_rss_mb()
             result["runs"].append(run)
-            print(json.dumps({k: v for k, v in run.items() if k not in ("agnostic", "aware")}
-                             | {m: {k: run[m][k] for k in ("image", "pixel", "aupro")} for m in ("agnostic", "aware")}),
+            modes = [m for m in ("agnostic", "aware", "unstandardised") if m in run]
+            print(json.dumps({k: v for k, v in run.items() if k not in modes}
+                             | {m: {k: run[m][k] for k in ("image", "pixel", "aupro")} for m in modes}),
                   flush=True)  # fmt: skip
             if prior == "hgad":
                 trained[n] = model
