@@ -45,7 +45,7 @@ from .ablation import MAP_SIZE, Run, build, cached_features, fit
 @dataclasses.dataclass
 class Scored:
     scores: np.ndarray  # [N] image scores
-    maps: np.ndarray  # [N, 256, 256] float16 anomaly maps
+    maps: np.ndarray  # [N, 256, 256] anomaly maps
     named: np.ndarray | None  # [N] the line the posterior names (class-agnostic hgad only)
     latent: np.ndarray  # [N, h, w] the prior's log-density of z per dimension, before standardisation
     logdet: np.ndarray  # [N, h, w] the flow's log-determinant per dimension
@@ -65,8 +65,8 @@ def score(model: HGAD, features: torch.Tensor, lines: np.ndarray | None, batch: 
             bias[torch.arange(feats.shape[0]), torch.from_numpy(lines[i : i + batch])] = 0.0
         z, ld = model.flow(feats.permute(0, 2, 3, 1), model.pos)
         out = model.prior.score(z, bias[:, None, None, :])
-        latent.append(out.ll.numpy().astype(np.float16))
-        logdet.append((ld / z.shape[-1]).numpy().astype(np.float16))
+        latent.append(out.ll.numpy())
+        logdet.append((ld / z.shape[-1]).numpy())
         weights = model.line_weights(out.joint)
         amap = blur(anomaly_map(model.standardise_positions(out.ll, weights), model.ll_ref, MAP_SIZE))
         scores.append(image_score(amap).numpy())
@@ -84,10 +84,10 @@ def unstandardised(s: Scored, sigma: float, batch: int = 64) -> Scored:
     blur = GaussianBlur(sigma)
     scores, maps = [], []
     for i in range(0, s.latent.shape[0], batch):
-        ll = torch.from_numpy(s.latent[i : i + batch].astype(np.float32))
+        ll = torch.from_numpy(s.latent[i : i + batch])
         amap = blur(F.interpolate(-ll[:, None], size=(MAP_SIZE, MAP_SIZE), mode="bilinear", align_corners=True)[:, 0])
         scores.append(image_score(amap).numpy())
-        maps.append(amap.numpy().astype(np.float16))
+        maps.append(amap.numpy())
     return Scored(np.concatenate(scores), np.concatenate(maps), None, s.latent, s.logdet)
 
 
