@@ -28,7 +28,7 @@ from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
 from hgad.memory import keep_freed_memory
 from hgad.metrics import auroc
-from hgad.replay import sample
+from hgad.replay import IMAGES, POSITIONS, sample
 
 from .ablation import MAP_SIZE, Run, build, cached_features, fit, score_test
 
@@ -72,6 +72,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=FineTune.epochs)
     ap.add_argument("--lr-factor", type=float, default=FineTune.lr_factor)
     ap.add_argument("--anchor", type=float, default=FineTune.anchor)
+    ap.add_argument("--replay-images", type=int, default=IMAGES)
+    ap.add_argument("--replay-positions", type=int, default=POSITIONS)
+    ap.add_argument("--no-place", action="store_true", help="new centres on free axes, not at the new latents")
     ap.add_argument("--image-size", type=int, default=768)
     ap.add_argument("--scratch", action="store_true", help="also train every line taking part from scratch")
     a = ap.parse_args()
@@ -87,14 +90,15 @@ def main() -> None:
     t0 = time.perf_counter()
     base, features, labels = trained(a.cache, old, cache["train"], train, a.image_size)
     t1 = time.perf_counter()
-    replay = sample(features, labels, base.classes, 0)
+    replay = sample(features, labels, base.classes, 0, a.replay_images, a.replay_positions)
     new_lines = [s.class_name for s in train if s.class_name in added]
     grown, report = add_lines_from_features(
-        base, cache["train"][is_new], new_lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor)
+        base, cache["train"][is_new], new_lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor, not a.no_place)
     )
     t2 = time.perf_counter()
     result = {
-        "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "image_size": a.image_size,
+        "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
+        "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
         "base_minutes": round((t1 - t0) / 60, 1), "add_minutes": round((t2 - t1) / 60, 1),
         "kept": report.kept, "moved": report.moved,
         "replay_mb": round(report.replay.nbytes / 2**20, 2),

@@ -1,7 +1,8 @@
 """Adding product lines to a trained model (`hgad-edge train --from MODEL --classes new1,new2`).
 
-1. The model grows: the old lines keep their centres and weights; each new line gets a main centre on a free
-   latent axis at the recipe's distance and intra-line centres around it. The backbone and the feature
+1. The model grows: the old lines keep their centres and weights; each new line's centres are placed where the
+   base flow already maps its normal features (the main centre at their mean latent, the intra-line centres on
+   latents drawn from them), so the flow need not carry them anywhere. The backbone and the feature
    standardisation stay as they are (the old lines' features must not move).
 2. The flow and the new lines' prior rows are fine-tuned: each batch holds new-line images and as many rows of
    the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
@@ -43,6 +44,11 @@ DEFAULT_EPOCHS = 12  # over the new lines' images
 ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
 KEEP_TOLERANCE = 0.05  # of the pooled spread of normal log-likelihoods
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+PLACE_IMAGES, PLACE_POSITIONS = 32, 128  # the new lines' vectors the new centres are placed on
+# A line the base flow maps with more than this spread per latent dimension (a trained line's is about 1) stays
+# on its free axis: the flow has not learnt anything like it, and centres placed among such latents let the
+# fine-tuning expand them without bound.
+PLACE_MAX_SPREAD = 4.0
 HELD_OUT_EVERY = 4  # every 4th replay image of a line judges the verdict and is not anchored
 
 
@@ -77,6 +83,57 @@ def grow(base: HGAD, classes: tuple[str, ...]) -> HGAD:
         own["prior.psi"][k_old:] = base.prior.psi.detach().mean()
     model.load_state_dict(own)
     return model.eval()
+
+
+@torch.no_grad()
+def place_new_centres(model: HGAD, features: torch.Tensor, labels: torch.Tensor, k_old: int, seed: int) -> None:
+    """Put each new line's centres near where the base flow already maps its normal features: the main centre at
+    their mean latent, moved out along the line's own free axis just far enough to sit as far from every other
+    centre as the old lines' centres sit from one another; the intra-line centres on latents drawn from them,
+    shifted with it. The flow then moves the new features only that far, not across latent space to a free
+    axis (which is what disturbs the old lines), and the lines stay as separable as the old ones are. A line
+    whose latents spread more than `PLACE_MAX_SPREAD` per dimension keeps the free axis grow() gave it."""
+    if not hasattr(model.prior, "mu"):
+        return
+    gen = torch.Generator().manual_seed(seed + 13)
+    pos_table = model.pos.reshape(-1, model.cfg.flow.pos_dim)
+    mu = model.prior.mu
+    gap = _centre_gap(mu[:k_old], model.cfg.prior.init_distance)
+    m = model.prior.delta.shape[1]
+    for k in labels.unique().tolist():
+        if k < k_old:
+            continue
+        images = torch.nonzero(labels == k).flatten()
+        images = images[torch.randperm(images.numel(), generator=gen)[:PLACE_IMAGES]]
+        sel = torch.randint(0, model.side * model.side, (images.numel(), PLACE_POSITIONS), generator=gen)
+        x = vectors_at(features[images].float(), sel).reshape(-1, features.shape[1])
+        z, _ = model.flow(x, pos_table[sel.flatten()])
+        mean = z.mean(dim=0)
+        if (z - mean).pow(2).mean().sqrt() > PLACE_MAX_SPREAD:
+            continue  # the base flow throws these features far out: start from the free axis instead
+        axis = mu[k] / mu[k].norm().clamp_min(1e-12)  # grow() put the line on a latent axis of its own
+        others = torch.cat([mu[:k_old], mu[k_old:k]])
+        centre = mean + _distance_out(mean, axis, others, gap) * axis
+        mu[k].copy_(centre)
+        model.prior.delta[k].copy_(z[torch.randperm(z.shape[0], generator=gen)[:m]] - mean)
+
+
+def _centre_gap(centres: torch.Tensor, default: float) -> float:
+    """The median distance from each centre to its nearest neighbour (`default` with fewer than two)."""
+    if centres.shape[0] < 2:
+        return default
+    d = torch.cdist(centres.double(), centres.double()).fill_diagonal_(float("inf"))
+    return float(d.min(dim=1).values.median())
+
+
+def _distance_out(start: torch.Tensor, axis: torch.Tensor, others: torch.Tensor, gap: float) -> float:
+    """The least t >= 0 with start + t * axis at least `gap` from every one of `others`."""
+    if others.shape[0] == 0:
+        return 0.0
+    t = torch.linspace(0.0, 4.0 * gap, 401, dtype=torch.float64)
+    points = start.double()[None] + t[:, None] * axis.double()[None]
+    ok = (torch.cdist(points, others.double()).min(dim=1).values >= gap).nonzero()
+    return float(t[ok[0, 0]]) if ok.numel() else float(t[-1])
 
 
 def _raw_ll(model: HGAD, replay: Replay) -> torch.Tensor:
@@ -127,6 +184,7 @@ class FineTune:
     epochs: int = DEFAULT_EPOCHS  # passes over the new lines' images
     lr_factor: float = FINE_TUNE_LR  # of the recipe's learning rate
     anchor: float = ANCHOR  # weight of the old lines' latent anchor
+    place: bool = True  # the new centres start where the base flow maps the new lines' features
 
 
 @dataclass
@@ -264,13 +322,17 @@ def add_lines_from_features(
     with torch.inference_mode():
         features = model.features.standardised(raw.float()).half()
     labels = torch.tensor([len(old) + new.index(line) for line in lines])
+    if recipe.place:
+        place_new_centres(model, features, labels, len(old), model.cfg.train.seed)
     held_out = old_replay.every_nth_image(HELD_OUT_EVERY)
     anchored = old_replay.rows(~held_out)
     fine_tune(model, features, labels, anchored, Anchors.of(base, anchored), recipe, progress)
     fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
     moved = correct_old_lines(base, model, old_replay, held_out)
     kept = [line for line, shift in moved.items() if shift < KEEP_TOLERANCE]
-    grown = sample_replay(features, labels, model.classes, model.cfg.train.seed)
+    # The new lines' sample is shaped like the old lines' (the same positions per image), so the two stack.
+    per_image = old_replay.positions.shape[1]
+    grown = sample_replay(features, labels, model.classes, model.cfg.train.seed, positions=per_image)
     combined = Replay(
         torch.cat([old_replay.vectors, grown.vectors]), torch.cat([old_replay.positions, grown.positions]),
         torch.cat([old_replay.lines, grown.lines]), model.classes,

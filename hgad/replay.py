@@ -51,19 +51,27 @@ class Replay:
         return self.vectors.numel() * self.vectors.element_size() + self.positions.numel() * 2 + self.lines.numel() * 2
 
 
-def sample(features: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], seed: int) -> Replay:
-    """A seeded sample of standardised training features [N, C, h, w] of every line."""
+def sample(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    classes: tuple[str, ...],
+    seed: int,
+    images: int = IMAGES,
+    positions: int = POSITIONS,
+) -> Replay:
+    """A seeded sample of standardised training features [N, C, h, w] of every line: `images` images per line,
+    `positions` positions per image."""
     gen = torch.Generator().manual_seed(seed + 7)
     _, c, h, w = features.shape
-    rows, positions, lines = [], [], []
+    rows, where, lines = [], [], []
     for k in range(len(classes)):
         idx = torch.nonzero(labels == k).flatten()
-        for i in idx[torch.randperm(idx.numel(), generator=gen)[:IMAGES]].tolist():
-            sel = torch.randperm(h * w, generator=gen)[: min(POSITIONS, h * w)]
+        for i in idx[torch.randperm(idx.numel(), generator=gen)[:images]].tolist():
+            sel = torch.randperm(h * w, generator=gen)[: min(positions, h * w)]
             rows.append(features[i].reshape(c, h * w)[:, sel].t().to(torch.float16))
-            positions.append(sel)
+            where.append(sel)
             lines.append(k)
-    return Replay(torch.stack(rows), torch.stack(positions), torch.tensor(lines), tuple(classes))
+    return Replay(torch.stack(rows), torch.stack(where), torch.tensor(lines), tuple(classes))
 
 
 def save(replay: Replay, folder: Path) -> None:

@@ -11,7 +11,17 @@ import torch
 
 from calibration.db import open_database
 from calibration.store import ProfileMismatchError, ProfileStore
-from hgad.add_lines import KEEP_TOLERANCE, Anchors, FineTune, add_lines, add_lines_from_features, grow
+from hgad.add_lines import (
+    KEEP_TOLERANCE,
+    PLACE_MAX_SPREAD,
+    Anchors,
+    FineTune,
+    _distance_out,
+    add_lines,
+    add_lines_from_features,
+    grow,
+    place_new_centres,
+)
 from hgad.config import ModelConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.model_dir import load_model, save_model
@@ -53,9 +63,51 @@ def test_growing_keeps_the_old_line_and_adds_centres(fabric_model):
     assert torch.allclose(a, b, rtol=0.05, atol=0.05)
 
 
+def test_the_new_centres_start_where_the_base_flow_maps_the_new_line(fabric_model, tiny_data):
+    """A new line's centres are placed on its own latents, not on a free axis far from them: the flow then need
+    not move its features across latent space (which is what disturbs the old lines). A variant of an old line
+    (here fabric's own images under a new name) lands on the old line's latents: its centre moves out along its
+    free axis until it is as far from fabric's as the recipe puts lines apart. A line the base flow throws far
+    out (pcb: the fabric-only flow never saw anything like it) keeps its free axis."""
+    base = load_model(fabric_model).model
+
+    def latents(line):
+        with torch.inference_mode():
+            paths = [s.path for s in load_split(tiny_data, "train", [line])]
+            feats = base.features.standardised(extract_features(base, paths, torch.device("cpu")))
+            z, _ = base.flow(feats.permute(0, 2, 3, 1), base.pos)
+        return feats.half(), z.reshape(-1, z.shape[-1])
+
+    grown = grow(base, ("fabric", "variant"))
+    feats, z = latents("fabric")
+    mean, on_free_axis = z.mean(dim=0), grown.prior.mu[1].clone()
+    place_new_centres(grown, feats, torch.ones(feats.shape[0], dtype=torch.long), 1, seed=0)
+    gap = base.cfg.prior.init_distance
+    assert float((grown.prior.mu[1] - grown.prior.mu[0]).detach().norm()) == pytest.approx(gap, abs=0.1)
+    out, axis = (grown.prior.mu[1] - mean).detach(), on_free_axis / on_free_axis.norm()
+    # Moved from its mean latent (here of a sample of positions) along its free axis only.
+    assert (out - (out @ axis) * axis).norm() < 0.15 * (out @ axis)
+    assert torch.equal(grown.prior.mu[0], base.prior.mu[0]) and torch.equal(grown.prior.delta[0], base.prior.delta[0])
+
+    grown = grow(base, ("fabric", "pcb"))
+    feats, z = latents("pcb")
+    assert (z - z.mean(dim=0)).pow(2).mean().sqrt() > PLACE_MAX_SPREAD
+    place_new_centres(grown, feats, torch.ones(feats.shape[0], dtype=torch.long), 1, seed=0)
+    assert torch.equal(grown.prior.mu[1], on_free_axis)
+
+
+def test_a_placed_centre_moves_out_only_as_far_as_the_gap_needs():
+    axis = torch.tensor([0.0, 0.0, 1.0])
+    near = torch.tensor([[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]])
+    assert _distance_out(torch.zeros(3), axis, near, 2.0) == pytest.approx(2.0, abs=0.03)
+    assert _distance_out(torch.tensor([0.0, 5.0, 0.0]), axis, near, 2.0) == 0.0
+    assert _distance_out(torch.zeros(3), axis, near[:0], 2.0) == 0.0
+
+
 def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, tiny_data):
     """Without the anchor the fine-tuning moves the old line's latents freely; with it they stay near the base
-    flow's, and the old line's centres do not move at all."""
+    flow's, and the old line's centres do not move at all. The anchor is measured with the new centres on a free
+    axis, where the flow has the most to move."""
     base = load_model(fabric_model)
     replay = load_replay(fabric_model)
     samples = load_split(tiny_data, "train", ["pcb"])
@@ -63,7 +115,8 @@ def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, 
     before = Anchors.of(base.model, replay)
     moved = {}
     for anchor in (0.0, 10.0):
-        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, FineTune(3, 0.2, anchor))
+        recipe = FineTune(3, 0.2, anchor, place=False)
+        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, recipe)
         moved[anchor] = float((Anchors.of(model, replay).z - before.z).pow(2).mean())
         assert torch.equal(model.prior.mu[0], base.model.prior.mu[0])
         assert torch.equal(model.prior.delta[0], base.model.prior.delta[0])
