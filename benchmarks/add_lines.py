@@ -1,7 +1,8 @@
 """Adding lines to a trained model against training on every line from scratch, on cached features.
 
     python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--lines a,b,...] [--epochs 12]
-        [--lr-factor 0.5] [--anchor 1.0] [--image-size 768]
+        [--lr-factor 0.5] [--anchor 1.0] [--no-place] [--replay-images 16] [--replay-positions 128] [--seed 0]
+        [--image-size 768] [--scratch]
 
 The recipe is trained on the other lines (the base), the `--add` lines are then added with `add_lines` (the
 base's replay sample, fine-tuning, statistics), and every line taking part is scored class-agnostically, as
@@ -10,12 +11,14 @@ own lines) and of the grown model, the old lines' verdicts, and the minutes each
 ablation harness's cache of the same size; the trained base is kept beside it (CACHE.base-<lines>.pt) for the
 next run with the same lines. `--lines` limits the lines taking part to some of DATA's (e.g. the first 12
 lines of a 36-line set and one more), with the cache still of all of DATA. `--scratch` also trains the recipe on
-every line taking part from scratch, the model the grown one is measured against.
+every line taking part from scratch, the model the grown one is measured against. `--seed` is the add's own
+(new centres, fine-tuning); the base and the replay sample keep seed 0, so seeds show the add's own spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -75,6 +78,7 @@ def main() -> None:
     ap.add_argument("--replay-images", type=int, default=IMAGES)
     ap.add_argument("--replay-positions", type=int, default=POSITIONS)
     ap.add_argument("--no-place", action="store_true", help="new centres on free axes, not at the new latents")
+    ap.add_argument("--seed", type=int, default=0, help="the add's own seed (the base is trained with seed 0)")
     ap.add_argument("--image-size", type=int, default=768)
     ap.add_argument("--scratch", action="store_true", help="also train every line taking part from scratch")
     a = ap.parse_args()
@@ -91,6 +95,7 @@ def main() -> None:
     base, features, labels = trained(a.cache, old, cache["train"], train, a.image_size)
     t1 = time.perf_counter()
     replay = sample(features, labels, base.classes, 0, a.replay_images, a.replay_positions)
+    base.cfg = dataclasses.replace(base.cfg, train=dataclasses.replace(base.cfg.train, seed=a.seed))
     new_lines = [s.class_name for s in train if s.class_name in added]
     grown, report = add_lines_from_features(
         base, cache["train"][is_new], new_lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor, not a.no_place)
@@ -98,7 +103,7 @@ def main() -> None:
     t2 = time.perf_counter()
     result = {
         "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
-        "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
+        "seed": a.seed, "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
         "base_minutes": round((t1 - t0) / 60, 1), "add_minutes": round((t2 - t1) / 60, 1),
         "kept": report.kept, "moved": report.moved,
         "replay_mb": round(report.replay.nbytes / 2**20, 2),
