@@ -1,8 +1,9 @@
 """Adding product lines to a trained model (`hgad-edge train --from MODEL --classes new1,new2`).
 
 1. The model grows: the old lines keep their centres and weights; each new line's centres are placed where the
-   base flow already maps its normal features (the main centre at their mean latent, the intra-line centres on
-   latents drawn from them), so the flow need not carry them anywhere. The backbone and the feature
+   base flow already maps its normal features (the main centre at their mean latent, moved out along the line's
+   free axis as far as the old centres' spacing needs; the intra-line centres on latents drawn from them), so
+   the flow need not carry them across latent space. The backbone and the feature
    standardisation stay as they are (the old lines' features must not move).
 2. The flow and the new lines' prior rows are fine-tuned: each batch holds new-line images and as many rows of
    the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
@@ -105,15 +106,13 @@ def place_new_centres(model: HGAD, features: torch.Tensor, labels: torch.Tensor,
             continue
         images = torch.nonzero(labels == k).flatten()
         images = images[torch.randperm(images.numel(), generator=gen)[:PLACE_IMAGES]]
-        sel = torch.randint(0, model.side * model.side, (images.numel(), PLACE_POSITIONS), generator=gen)
-        x = vectors_at(features[images].float(), sel).reshape(-1, features.shape[1])
-        z, _ = model.flow(x, pos_table[sel.flatten()])
+        x, sel, _ = _new_batch(features, labels, images, model.side, PLACE_POSITIONS, gen)
+        z, _ = model.flow(x, pos_table[sel])
         mean = z.mean(dim=0)
         if (z - mean).pow(2).mean().sqrt() > PLACE_MAX_SPREAD:
             continue  # the base flow throws these features far out: start from the free axis instead
         axis = mu[k] / mu[k].norm().clamp_min(1e-12)  # grow() put the line on a latent axis of its own
-        others = torch.cat([mu[:k_old], mu[k_old:k]])
-        centre = mean + _distance_out(mean, axis, others, gap) * axis
+        centre = mean + _distance_out(mean, axis, mu[:k], gap) * axis  # the old lines and the new ones so far
         mu[k].copy_(centre)
         model.prior.delta[k].copy_(z[torch.randperm(z.shape[0], generator=gen)[:m]] - mean)
 
