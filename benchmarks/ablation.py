@@ -35,7 +35,7 @@ from hgad.features import fit_standardisation
 from hgad.memory import keep_freed_memory
 from hgad.metrics import auroc
 from hgad.model import HGAD
-from hgad.scoring import GaussianBlur, anomaly_map, image_score
+from hgad.scoring import SmoothedMap, anomaly, image_score
 from hgad.train import extract_features, fit_flows, fit_position_stats, fit_references
 
 MAP_SIZE = 256
@@ -91,12 +91,12 @@ def cached_features(path: Path, classes: list[str], train: list[Sample], test: l
 @torch.inference_mode()
 def score_test(model: HGAD, test_features: torch.Tensor, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """Class-agnostic image scores [N] and anomaly maps [N, 256, 256] of cached test features."""
-    blur = GaussianBlur(model.cfg.score.sigma)
+    to_map = SmoothedMap(model.side, MAP_SIZE, model.cfg.score.sigma)
     scores, maps = [], []
     for i in range(0, test_features.shape[0], batch):
         feats = model.features.standardised(test_features[i : i + batch].float())
         ll = model.forward_ll(feats, model.class_bias(None, feats.shape[0]))
-        amap = blur(anomaly_map(ll, model.ll_ref, MAP_SIZE))
+        amap = to_map(anomaly(ll, model.ll_ref))
         scores.append(image_score(amap).numpy())
         maps.append(amap.numpy())
     return np.concatenate(scores), np.concatenate(maps)

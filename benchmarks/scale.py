@@ -29,7 +29,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
@@ -37,7 +36,7 @@ from hgad.memory import keep_freed_memory
 from hgad.metrics import aupro, auroc
 from hgad.model import HGAD
 from hgad.prior import MASKED
-from hgad.scoring import GaussianBlur, anomaly_map, image_score
+from hgad.scoring import SmoothedMap, anomaly, image_score
 
 from .ablation import MAP_SIZE, Run, build, cached_features, fit
 
@@ -54,7 +53,7 @@ class Scored:
 @torch.inference_mode()
 def score(model: HGAD, features: torch.Tensor, lines: np.ndarray | None, batch: int = 16) -> Scored:
     """Scores and maps of cached test features: class-aware when `lines` (each image's line index) is given."""
-    blur = GaussianBlur(model.cfg.score.sigma)
+    to_map = SmoothedMap(model.side, MAP_SIZE, model.cfg.score.sigma)
     k = len(model.classes)
     scores, maps, named, latent, logdet = [], [], [], [], []
     for i in range(0, features.shape[0], batch):
@@ -68,7 +67,7 @@ def score(model: HGAD, features: torch.Tensor, lines: np.ndarray | None, batch: 
         latent.append(out.ll.numpy())
         logdet.append((ld / z.shape[-1]).numpy())
         weights = model.line_weights(out.joint)
-        amap = blur(anomaly_map(model.standardise_positions(out.ll, weights), model.ll_ref, MAP_SIZE))
+        amap = to_map(anomaly(model.standardise_positions(out.ll, weights), model.ll_ref))
         scores.append(image_score(amap).numpy())
         maps.append(amap.numpy().astype(np.float16))
         named.append(weights.argmax(dim=1).numpy())
@@ -78,14 +77,14 @@ def score(model: HGAD, features: torch.Tensor, lines: np.ndarray | None, batch: 
 
 
 @torch.inference_mode()
-def unstandardised(s: Scored, sigma: float, batch: int = 64) -> Scored:
+def unstandardised(s: Scored, side: int, sigma: float, batch: int = 64) -> Scored:
     """The same class-agnostic pass scored by the latent log-density alone, without the per-line, per-position
     standardisation: the paper's score, which leaves the prior to tell the lines' densities apart."""
-    blur = GaussianBlur(sigma)
+    to_map = SmoothedMap(side, MAP_SIZE, sigma)
     scores, maps = [], []
     for i in range(0, s.latent.shape[0], batch):
         ll = torch.from_numpy(s.latent[i : i + batch])
-        amap = blur(F.interpolate(-ll[:, None], size=(MAP_SIZE, MAP_SIZE), mode="bilinear", align_corners=True)[:, 0])
+        amap = to_map(-ll)
         scores.append(image_score(amap).numpy())
         maps.append(amap.numpy())
     return Scored(np.concatenate(scores), np.concatenate(maps), None, s.latent, s.logdet)
@@ -209,7 +208,7 @@ def main() -> None:
                 if mode == "agnostic":
                     run["mapping"] = mapping(s, masks[te], anomalous[te])
                     if a.unstandardised:
-                        raw = metrics(unstandardised(s, model.cfg.score.sigma), names, *truth)
+                        raw = metrics(unstandardised(s, model.side, model.cfg.score.sigma), names, *truth)
                         run["unstandardised"] = {k: mean(raw, k) for k in ("image", "pixel", "aupro")}
                         run["unstandardised"]["per_line"] = raw
             if "confusion" in run:

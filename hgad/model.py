@@ -20,7 +20,7 @@ from .config import ModelConfig
 from .features import FeatureGrid
 from .flow import Flow, positional_encoding_2d
 from .prior import MASKED, build_prior
-from .scoring import GaussianBlur, anomaly_map, image_score
+from .scoring import SmoothedMap, anomaly, image_score
 
 
 class HGAD(nn.Module):
@@ -48,7 +48,7 @@ class HGAD(nn.Module):
         # uint8 -> [0, 1] -> (x - mean) / std folded into one multiply-add.
         self.register_buffer("in_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("in_shift", -mean / std, persistent=False)
-        self.blur = GaussianBlur(cfg.score.sigma * cfg.image_size / 256.0)
+        self.to_map = SmoothedMap(self.side, cfg.image_size, cfg.score.sigma * cfg.image_size / 256.0)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -121,7 +121,7 @@ class HGAD(nn.Module):
 
     def forward_map(self, ll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-likelihoods [B, h, w] -> anomaly maps [B, S, S] and image scores [B]."""
-        amap = self.blur(anomaly_map(ll, self.ll_ref, self.cfg.image_size))
+        amap = self.to_map(anomaly(ll, self.ll_ref))
         return amap, image_score(amap)
 
     def forward_head(self, features: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,9 +1,10 @@
 """Compiled engines cached on disk (TensorRT engines, ONNX graphs), keyed by everything that makes one valid.
 
 An engine is only valid for the model it was built from, the runtime and the device it was built for (a GPU's
-name and compute capability), the versions of the runtime and of what built it, the precision, and the static
-input shape (batch, size). Each engine file has a JSON sidecar holding its key and the file's SHA-256: a key
-mismatch means rebuild, a digest mismatch (truncated, corrupt) means delete and rebuild, never a crash.
+name and compute capability), the versions of this package (which writes the graph), of the runtime and of
+what built it, the precision, and the static input shape (batch, size). Each engine file has a JSON sidecar
+holding its key and the file's SHA-256: a key mismatch means rebuild, a digest mismatch (truncated,
+corrupt) means delete and rebuild, never a crash.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class EngineKey:
     model_id: str
     runtime: str  # "tensorrt" or "onnxruntime"
     device: str  # a GPU's name and compute capability, or "cpu"
-    versions: str  # of the runtime and what builds for it, e.g. "tensorrt=10.3 torch=2.5 torch_tensorrt=2.5"
+    versions: str  # of this package (it writes the graph), the runtime and what builds: "hgad-edge=0.3.0 tensorrt=10.3"
     precision: str
     batch: int
     image_size: int

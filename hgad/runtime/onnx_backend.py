@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import BadInputError, HgadError
 from ..model import HGAD
 from ..model_dir import LoadedModel
@@ -86,7 +87,8 @@ def onnx_key(loaded: LoadedModel, batch: int) -> EngineKey:
         model_id=loaded.model_id,
         runtime="onnxruntime",
         device="cpu",
-        versions=f"onnxruntime={onnxruntime.__version__} torch={torch.__version__} opset={OPSET}",
+        versions=f"hgad-edge={__version__} onnxruntime={onnxruntime.__version__} torch={torch.__version__} "
+        f"opset={OPSET}",
         precision="fp32",
         batch=batch,
         image_size=loaded.model.cfg.image_size,

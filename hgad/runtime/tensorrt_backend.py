@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
 from ..errors import BadInputError, HgadError
 from ..model import HGAD
 from ..model_dir import LoadedModel
@@ -69,7 +70,8 @@ def engine_key(loaded: LoadedModel, precision: str, batch: int, device: torch.de
         model_id=loaded.model_id,
         runtime="tensorrt",
         device=f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})",
-        versions=" ".join(f"{m.__name__}={m.__version__}" for m in (tensorrt, torch, torch_tensorrt)),
+        versions=f"hgad-edge={__version__} "
+        + " ".join(f"{m.__name__}={m.__version__}" for m in (tensorrt, torch, torch_tensorrt)),
         precision=precision,
         batch=batch,
         image_size=loaded.model.cfg.image_size,
