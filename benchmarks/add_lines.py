@@ -1,8 +1,8 @@
 """Adding lines to a trained model against training on every line from scratch, on cached features.
 
     python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--lines a,b,...] [--epochs 12]
-        [--lr-factor 0.5] [--anchor 1.0] [--no-place] [--replay-images 16] [--replay-positions 128] [--seed 0]
-        [--image-size 768] [--scratch]
+        [--lr-factor 0.5] [--anchor 1.0] [--weight-decay W] [--no-place] [--replay-images 16]
+        [--replay-positions 128] [--seed 0] [--image-size 768] [--scratch]
 
 The recipe is trained on the other lines (the base), the `--add` lines are then added with `add_lines` (the
 base's replay sample, fine-tuning, statistics), and every line taking part is scored class-agnostically, as
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--anchor", type=float, default=FineTune.anchor)
     ap.add_argument("--replay-images", type=int, default=IMAGES)
     ap.add_argument("--replay-positions", type=int, default=POSITIONS)
+    ap.add_argument("--weight-decay", type=float, default=None, help="of the flow (default: the recipe's)")
     ap.add_argument("--no-place", action="store_true", help="new centres on free axes, not at the new latents")
     ap.add_argument("--seed", type=int, default=0, help="the add's own seed (the base is trained with seed 0)")
     ap.add_argument("--image-size", type=int, default=768)
@@ -98,11 +99,16 @@ def main() -> None:
     base.cfg = dataclasses.replace(base.cfg, train=dataclasses.replace(base.cfg.train, seed=a.seed))
     new_lines = [s.class_name for s in train if s.class_name in added]
     grown, report = add_lines_from_features(
-        base, cache["train"][is_new], new_lines, replay, FineTune(a.epochs, a.lr_factor, a.anchor, not a.no_place)
+        base,
+        cache["train"][is_new],
+        new_lines,
+        replay,
+        FineTune(a.epochs, a.lr_factor, a.anchor, not a.no_place, a.weight_decay),
     )
     t2 = time.perf_counter()
     result = {
         "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
+        "weight_decay": a.weight_decay,
         "seed": a.seed, "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
         "base_minutes": round((t1 - t0) / 60, 1), "add_minutes": round((t2 - t1) / 60, 1),
         "kept": report.kept, "moved": report.moved,

@@ -184,6 +184,7 @@ class FineTune:
     lr_factor: float = FINE_TUNE_LR  # of the recipe's learning rate
     anchor: float = ANCHOR  # weight of the old lines' latent anchor
     place: bool = True  # the new centres start where the base flow maps the new lines' features
+    weight_decay: float | None = None  # of the flow's weights; None: the recipe's
 
 
 @dataclass
@@ -235,7 +236,8 @@ def fine_tune(
     k_old = len(replay.classes)
     steps = max(1, math.ceil(labels.numel() / cfg.batch_images)) * recipe.epochs
     lr = cfg.lr * recipe.lr_factor
-    optimizer = torch.optim.Adam(_param_groups(model, lr, cfg.weight_decay), betas=cfg.betas)
+    decay = cfg.weight_decay if recipe.weight_decay is None else recipe.weight_decay
+    optimizer = torch.optim.Adam(_param_groups(model, lr, decay), betas=cfg.betas)
     pos_table = model.pos.reshape(-1, model.cfg.flow.pos_dim)
     hooks = _freeze_old_rows(model.prior, k_old)
     new_draws = class_balanced_draws(labels, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
