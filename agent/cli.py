@@ -73,6 +73,16 @@ def _rate(value: str) -> float:
     return v
 
 
+def _non_negative(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not v >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more, e.g. 0.01")
+    return v
+
+
 def _positive(value: str) -> int:
     try:
         v = int(value)
@@ -179,7 +189,8 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
         )
     samples = load_split(a.data, "train", new)
     print(f"adding {', '.join(new)} ({len(samples)} images) to model {base.model_id}", file=sys.stderr)
-    model, report = add_lines(base, samples, replay, FineTune(epochs=a.epochs or FineTune.epochs), a.device, bar)
+    recipe = FineTune(epochs=a.epochs or FineTune.epochs, hold=FineTune.hold if a.hold is None else a.hold)
+    model, report = add_lines(base, samples, replay, recipe, a.device, bar)
     lineage = {"from": base.model_id, "kept": report.kept, "moved": report.moved, "before": base.meta.get("lineage")}
     model_id = save_model(model, a.out, report.to_dict(), report.replay, lineage=lineage)
     recalibrate = [line for line in base.model.classes if line not in report.kept]
@@ -194,6 +205,8 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.from_model is not None:
         return cmd_add_lines(a)
+    if a.hold is not None:
+        raise BadInputError("train: --hold applies only when adding lines to a trained model (--from MODEL)")
     from hgad.config import BackboneConfig, ModelConfig, PriorConfig, TrainConfig
     from hgad.data.datasets import load_split, select_classes
     from hgad.model_dir import save_model
@@ -450,6 +463,12 @@ def _train(sub, common) -> None:
         help="add the lines of --classes to this trained model instead of training from scratch",
     )
     t.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
+    t.add_argument(
+        "--hold",
+        type=_non_negative,
+        help="with --from: how hard the flow is held to the model's weights (default: the recipe's, 0.01; higher "
+        "keeps the old lines' scores closer, lower lets the new lines learn more, 0 holds only their stored vectors)",
+    )
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
     t.add_argument("--image-size", type=_positive, default=DEFAULT_IMAGE_SIZE, help="model input in pixels")

@@ -9,8 +9,11 @@
    the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
    The loss is the recipe's prior loss plus an anchor that holds the replay rows' latents and log-determinants
    where the base flow put them (the old lines' scores are exactly those two terms), so the flow learns the new
-   lines where their features lie and leaves the old lines' region alone. The old lines' centres, weights and
-   scales do not move; the replay rows reach the prior loss only to keep the new centres off the old lines.
+   lines where their features lie and leaves the old lines' region alone, plus a hold on the flow's weights
+   (their squared distance from the base's): the anchor keeps only the stored normal vectors in place, and the
+   old lines' defects, which no replay sample holds, are scored by the weights as a whole. The old lines'
+   centres, weights and scales do not move; the replay rows reach the prior loss only to keep the new centres
+   off the old lines.
 3. The new lines' per-position statistics are fitted from their images. The old lines' are corrected for how
    far the flow moved them: an affine map of their log-likelihoods fitted on their replay vectors, before and
    after. The reference of normal and the pooled scale stay the model's, so scores keep their units.
@@ -43,6 +46,7 @@ from .train import _lr_factor, _param_groups, class_balanced_draws, extract_feat
 FINE_TUNE_LR = 0.5  # of the recipe's learning rate
 DEFAULT_EPOCHS = 12  # over the new lines' images
 ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
+HOLD = 0.01  # weight of the flow's squared distance from the base's weights (summed over every weight)
 KEEP_TOLERANCE = 0.05  # of the pooled spread of normal log-likelihoods
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 PLACE_IMAGES, PLACE_POSITIONS = 32, 128  # the new lines' vectors the new centres are placed on
@@ -61,10 +65,12 @@ class AddReport:
     kept: list[str] = field(default_factory=list)  # old lines whose profiles still hold
     moved: dict[str, float] = field(default_factory=dict)  # old line -> how far it moved (of the spread)
     replay: Replay | None = field(default=None, repr=False)
+    recipe: FineTune | None = None  # how the flow was fine-tuned (kept in model.json's training report)
 
     def to_dict(self) -> dict:
         keys = ("added", "images", "kept", "moved")
-        return {k: getattr(self, k) for k in keys} | {"seconds": round(self.seconds, 1)}
+        out = {k: getattr(self, k) for k in keys} | {"seconds": round(self.seconds, 1)}
+        return out | ({"fine_tune": dataclasses.asdict(self.recipe)} if self.recipe else {})
 
 
 def grow(base: HGAD, classes: tuple[str, ...]) -> HGAD:
@@ -185,6 +191,7 @@ class FineTune:
     anchor: float = ANCHOR  # weight of the old lines' latent anchor
     place: bool = True  # the new centres start where the base flow maps the new lines' features
     weight_decay: float | None = None  # of the flow's weights; None: the recipe's
+    hold: float = HOLD  # weight of the flow's squared distance from the base's weights
 
 
 @dataclass
@@ -228,9 +235,11 @@ def fine_tune(
     Loss: the recipe's prior loss over both, plus `anchor` x the mean squared move of the replay rows' latents
     and per-dimension log-determinants from the base flow's (`anchors`): an old line's log-likelihood is its
     latent's density plus its log-determinant, so holding both holds its scores, while the flow stays free
-    wherever the new lines' features lie. In the prior loss the replay rows' latents are detached: there they
-    only show the new lines' centres where the old lines lie; were the flow trained on them, it would fit the
-    few stored vectors rather than their lines. The old lines' prior rows do not move."""
+    wherever the new lines' features lie; plus `hold` x the squared distance of the flow's weights from the
+    base's (their state when fine-tuning starts), which holds what no stored vector shows: how the old lines'
+    defects are mapped. In the prior loss the replay rows' latents are detached: there they only show the new
+    lines' centres where the old lines lie; were the flow trained on them, it would fit the few stored vectors
+    rather than their lines. The old lines' prior rows do not move."""
     cfg = model.cfg.train
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     k_old = len(replay.classes)
@@ -243,6 +252,7 @@ def fine_tune(
     new_draws = class_balanced_draws(labels, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
     old_draws = class_balanced_draws(replay.lines, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
     channels = model.channels
+    start = [p.detach().clone() for p in model.flow.parameters()]
     model.train()
     try:
         for step in progress(range(steps), total=steps, desc="add lines"):
@@ -258,6 +268,8 @@ def fine_tune(
             drift = (z[n:] - anchors.z[rows].reshape(-1, channels)).pow(2).mean()
             drift = drift + ((logdet[n:] - anchors.logdet[rows].flatten()) / channels).pow(2).mean()
             loss = loss + recipe.anchor * drift
+            if recipe.hold:
+                loss = loss + recipe.hold * _squared_distance(model.flow, start)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * _lr_factor(step, steps, max(1, steps // 10))
             optimizer.zero_grad(set_to_none=True)
@@ -268,6 +280,11 @@ def fine_tune(
         for h in hooks:
             h.remove()
     model.eval()
+
+
+def _squared_distance(module: nn.Module, start: list[torch.Tensor]) -> torch.Tensor:
+    """The squared distance of a module's weights from `start` (its weights when fine-tuning began)."""
+    return sum((p - p0).pow(2).sum() for p, p0 in zip(module.parameters(), start, strict=True))
 
 
 def _new_batch(features, labels, images, side, per_image, gen):
@@ -338,5 +355,5 @@ def add_lines_from_features(
         torch.cat([old_replay.vectors, grown.vectors]), torch.cat([old_replay.positions, grown.positions]),
         torch.cat([old_replay.lines, grown.lines]), model.classes,
     )  # fmt: skip
-    report = AddReport(list(new), len(lines), time.perf_counter() - t0, kept, moved, combined)
+    report = AddReport(list(new), len(lines), time.perf_counter() - t0, kept, moved, combined, recipe)
     return model, report

@@ -123,6 +123,22 @@ def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, 
     assert moved[10.0] < 0.5 * moved[0.0], moved
 
 
+def test_the_hold_keeps_the_flow_near_the_base(fabric_model, tiny_data):
+    """The hold pulls every flow weight towards the base's (the anchor holds only the replay rows' outputs): with
+    it the flow's weights move less than without."""
+    base = load_model(fabric_model)
+    replay = load_replay(fabric_model)
+    samples = load_split(tiny_data, "train", ["pcb"])
+    raw = extract_features(base.model, [s.path for s in samples], torch.device("cpu"))
+    start = torch.cat([p.detach().flatten() for p in base.model.flow.parameters()])
+    moved = {}
+    for hold in (0.0, 1.0):
+        recipe = FineTune(3, 0.2, 1.0, place=False, hold=hold)
+        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, recipe)
+        moved[hold] = float((torch.cat([p.detach().flatten() for p in model.flow.parameters()]) - start).norm())
+    assert moved[1.0] < 0.5 * moved[0.0], moved
+
+
 def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, tiny_data, tmp_path):
     base = load_model(fabric_model)
     model, report = add_lines(
@@ -175,10 +191,11 @@ def test_the_profile_check_follows_the_lineage(fabric_model, tmp_path, kept):
 def test_train_from_through_the_command_line(fabric_model, tiny_data, tmp_path):
     out = tmp_path / "grown"
     r = hgad_cli("train", "--from", str(fabric_model), "--data", str(tiny_data), "--classes", "pcb",
-                 "--out", str(out), "--epochs", "2")  # fmt: skip
+                 "--out", str(out), "--epochs", "2", "--hold", "0.02")  # fmt: skip
     assert r.returncode == 0, r.stderr
     meta = json.loads((out / "model.json").read_text())
     assert meta["classes"] == ["fabric", "pcb"] and meta["lineage"]["from"] == load_model(fabric_model).model_id
+    assert meta["training"]["fine_tune"]["hold"] == 0.02 and meta["training"]["fine_tune"]["epochs"] == 2
     assert "profiles of" in r.stdout
     again = hgad_cli(
         "train", "--from", str(out), "--data", str(tiny_data), "--classes", "pcb", "--out", str(tmp_path / "x")
@@ -186,3 +203,19 @@ def test_train_from_through_the_command_line(fabric_model, tiny_data, tmp_path):
     assert again.returncode == 2 and "pcb already in the model" in again.stderr
     none = hgad_cli("train", "--from", str(fabric_model), "--data", str(tiny_data), "--out", str(tmp_path / "y"))
     assert none.returncode == 2 and "name the lines to add with --classes" in none.stderr
+
+
+def test_the_hold_is_refused_where_it_means_nothing(fabric_model, tiny_data, tmp_path):
+    negative = hgad_cli("train", "--from", str(fabric_model), "--data", str(tiny_data), "--classes", "pcb",
+                        "--out", str(tmp_path / "a"), "--hold", "-1")  # fmt: skip
+    assert negative.returncode == 2 and "--hold: -1 must be 0 or more" in negative.stderr
+    assert "Traceback" not in negative.stderr
+    scratch = hgad_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "b"), "--hold", "0.1")
+    assert scratch.returncode == 2 and "--hold applies only when adding lines" in scratch.stderr
+    assert not (tmp_path / "b").exists()
+
+
+def test_the_command_line_names_the_recipes_hold():
+    """The help states the default hold; it must be the one the recipe uses."""
+    r = hgad_cli("train", "--help")
+    assert f"the recipe's, {FineTune.hold}" in " ".join(r.stdout.split())
