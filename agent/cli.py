@@ -63,21 +63,22 @@ def _csv(value: str) -> list[str]:
     return items
 
 
-def _rate(value: str) -> float:
+def _number(value: str) -> float:
     try:
-        v = float(value)
+        return float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def _rate(value: str) -> float:
+    v = _number(value)
     if not 0.0 < v < 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not a rate between 0 and 1, e.g. 0.01")
     return v
 
 
 def _non_negative(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    v = _number(value)
     if not v >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"{value} must be 0 or more, e.g. 0.01")
     return v

@@ -42,6 +42,13 @@ def fabric_model(tiny_data, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def pcb_raw(fabric_model, tiny_data):
+    """The raw grid features of the pcb line's training images, as `train --from` reads them for fabric's model."""
+    samples = load_split(tiny_data, "train", ["pcb"])
+    return extract_features(load_model(fabric_model).model, [s.path for s in samples], torch.device("cpu"))
+
+
 def test_the_replay_sample_is_kept_with_the_model_and_bounded(fabric_model):
     replay = load_replay(fabric_model)
     assert replay.classes == ("fabric",) and replay.vectors.dtype == torch.float16
@@ -104,37 +111,33 @@ def test_a_placed_centre_moves_out_only_as_far_as_the_gap_needs():
     assert _distance_out(torch.zeros(3), axis, near[:0], 2.0) == 0.0
 
 
-def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, tiny_data):
+def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, pcb_raw):
     """Without the anchor the fine-tuning moves the old line's latents freely; with it they stay near the base
     flow's, and the old line's centres do not move at all. The anchor is measured with the new centres on a free
     axis, where the flow has the most to move."""
     base = load_model(fabric_model)
     replay = load_replay(fabric_model)
-    samples = load_split(tiny_data, "train", ["pcb"])
-    raw = extract_features(base.model, [s.path for s in samples], torch.device("cpu"))
     before = Anchors.of(base.model, replay)
     moved = {}
     for anchor in (0.0, 10.0):
         recipe = FineTune(3, 0.2, anchor, place=False)
-        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, recipe)
+        model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
         moved[anchor] = float((Anchors.of(model, replay).z - before.z).pow(2).mean())
         assert torch.equal(model.prior.mu[0], base.model.prior.mu[0])
         assert torch.equal(model.prior.delta[0], base.model.prior.delta[0])
     assert moved[10.0] < 0.5 * moved[0.0], moved
 
 
-def test_the_hold_keeps_the_flow_near_the_base(fabric_model, tiny_data):
+def test_the_hold_keeps_the_flow_near_the_base(fabric_model, pcb_raw):
     """The hold pulls every flow weight towards the base's (the anchor holds only the replay rows' outputs): with
     it the flow's weights move less than without."""
     base = load_model(fabric_model)
     replay = load_replay(fabric_model)
-    samples = load_split(tiny_data, "train", ["pcb"])
-    raw = extract_features(base.model, [s.path for s in samples], torch.device("cpu"))
     start = torch.cat([p.detach().flatten() for p in base.model.flow.parameters()])
     moved = {}
     for hold in (0.0, 1.0):
         recipe = FineTune(3, 0.2, 1.0, place=False, hold=hold)
-        model, _ = add_lines_from_features(base.model, raw, ["pcb"] * len(samples), replay, recipe)
+        model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
         moved[hold] = float((torch.cat([p.detach().flatten() for p in model.flow.parameters()]) - start).norm())
     assert moved[1.0] < 0.5 * moved[0.0], moved
 
