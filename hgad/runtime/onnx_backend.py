@@ -102,9 +102,11 @@ def open_session(path: Path, threads: int):
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Idle worker threads sleep instead of spinning: in the agent the camera threads' decoding and the writer
-    # share the cores with inference, and a spinning pool would take their time.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Workers spin between the operators of one run (waking a sleeping worker for each of the graph's few
+    # hundred nodes costs more than the spin) and stop the moment a run returns: between frames the cores
+    # belong to the camera threads' decoding and to the writer, which a still-spinning pool would starve.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # errors only: its own warnings are not ours to pass on
     # NoopElimination drops the `* ll_spread` of a model whose spread is exactly 1 (a degenerate fit, a model
     # before training) and leaves its consumer reading a tensor no node makes: the session refuses the graph.
