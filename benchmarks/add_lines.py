@@ -99,13 +99,11 @@ def main() -> None:
     replay = sample(features, labels, base.classes, 0, a.replay_images, a.replay_positions)
     base.cfg = dataclasses.replace(base.cfg, train=dataclasses.replace(base.cfg.train, seed=a.seed))
     new_lines = [s.class_name for s in train if s.class_name in added]
-    grown, report = add_lines_from_features(
-        base,
-        cache["train"][is_new],
-        new_lines,
-        replay,
-        FineTune(a.epochs, a.lr_factor, a.anchor, not a.no_place, a.weight_decay, a.hold),
-    )
+    recipe = FineTune(
+        epochs=a.epochs, lr_factor=a.lr_factor, anchor=a.anchor, place=not a.no_place,
+        weight_decay=a.weight_decay, hold=a.hold,
+    )  # fmt: skip
+    grown, report = add_lines_from_features(base, cache["train"][is_new], new_lines, replay, recipe)
     t2 = time.perf_counter()
     result = {
         "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
