@@ -12,7 +12,11 @@ lighter grass, brick and gravel seen closer, other windows of the coins, the ast
 Normal images of a texture line are random crops of its photo; panel lines are nearly fixed crops with
 small shifts, as a part under a fixed camera. Lighting gain and sensor noise vary per image.
 
-    python -m benchmarks.photo_lines OUT [--lines 12|24|36] [--train 100] [--test 60] [--seed 0]
+`--synthetic K` swaps the set's last K photo lines for K lines of `hgad-edge synth` (the same counts and
+seed), spread through the order so that each third of it holds a third of them: `--lines 36 --synthetic 6`
+is the first 30 photo lines and 6 synthetic ones, 2 among the first 12 and 4 among the first 24.
+
+    python -m benchmarks.photo_lines OUT [--lines 12|24|36] [--synthetic K] [--train 100] [--test 60] [--seed 0]
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hgad.data.synth import DEFECTS, apply_defect
+from hgad.data.synth import DEFECTS, SynthSpec, apply_defect, write_dataset
 
 SIZE = 256
 
@@ -159,6 +163,26 @@ def write(out: Path, train: int = 100, test: int = 60, seed: int = 0, lines: lis
     return names
 
 
+def spread(photo: list[str], synthetic: list[str], parts: int = 3) -> list[str]:
+    """The photo lines in order with the synthetic lines spread through them: each of `parts` equal parts of
+    the order ends with its share of the synthetic lines."""
+    if len(photo) % parts or len(synthetic) % parts:
+        raise ValueError(f"{len(photo)} photo and {len(synthetic)} synthetic lines do not split into {parts} parts")
+    p, k = len(photo) // parts, len(synthetic) // parts
+    return [n for i in range(parts) for n in photo[i * p : (i + 1) * p] + synthetic[i * k : (i + 1) * k]]
+
+
+def write_mixed(out: Path, lines: int, synthetic: int, train: int = 100, test: int = 60, seed: int = 0) -> list[str]:
+    """The set of `lines` with its last `synthetic` photo lines swapped for synthetic ones (see the module)."""
+    names = sorted(write_dataset(out, SynthSpec(synthetic, train, test, SIZE, seed)))
+    (out / "synth.json").unlink()  # the folder is this benchmark's, not a synth dataset to be replaced whole
+    photo = write(out, train, test, seed, SETS[lines][: lines - synthetic])
+    order = spread(photo, names)
+    meta = {"lines": order, "synthetic": names, "train": train, "test": test, "seed": seed}
+    (out / "photo_lines.json").write_text(json.dumps(meta))
+    return order
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("out", type=Path)
@@ -166,5 +190,9 @@ if __name__ == "__main__":
     ap.add_argument("--train", type=int, default=100)
     ap.add_argument("--test", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--synthetic", type=int, default=0, help="synthetic lines in place of the last photo lines")
     a = ap.parse_args()
-    print(write(a.out, a.train, a.test, a.seed, SETS[a.lines]))
+    if a.synthetic:
+        print(write_mixed(a.out, a.lines, a.synthetic, a.train, a.test, a.seed))
+    else:
+        print(write(a.out, a.train, a.test, a.seed, SETS[a.lines]))
