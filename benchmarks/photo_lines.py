@@ -30,7 +30,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hgad.data.synth import DEFECTS, SynthSpec, apply_defect, write_dataset
+from hgad.data.synth import DEFECTS, SynthSpec, apply_defect, line_names, write_dataset
 
 SIZE = 256
 
@@ -174,10 +174,13 @@ def spread(photo: list[str], synthetic: list[str], parts: int = 3) -> list[str]:
 
 def write_mixed(out: Path, lines: int, synthetic: int, train: int = 100, test: int = 60, seed: int = 0) -> list[str]:
     """The set of `lines` with its last `synthetic` photo lines swapped for synthetic ones (see the module)."""
-    names = sorted(write_dataset(out, SynthSpec(synthetic, train, test, SIZE, seed)))
+    if not 0 < synthetic < lines:
+        raise ValueError(f"--synthetic {synthetic}: give 1 to {lines - 1} synthetic lines for --lines {lines}")
+    photo, names = SETS[lines][: lines - synthetic], sorted(line_names(synthetic))
+    order = spread(photo, names)  # refused here, before anything is written
+    write_dataset(out, SynthSpec(synthetic, train, test, SIZE, seed))
     (out / "synth.json").unlink()  # the folder is this benchmark's, not a synth dataset to be replaced whole
-    photo = write(out, train, test, seed, SETS[lines][: lines - synthetic])
-    order = spread(photo, names)
+    write(out, train, test, seed, photo)
     meta = {"lines": order, "synthetic": names, "train": train, "test": test, "seed": seed}
     (out / "photo_lines.json").write_text(json.dumps(meta))
     return order
@@ -193,6 +196,9 @@ if __name__ == "__main__":
     ap.add_argument("--synthetic", type=int, default=0, help="synthetic lines in place of the last photo lines")
     a = ap.parse_args()
     if a.synthetic:
-        print(write_mixed(a.out, a.lines, a.synthetic, a.train, a.test, a.seed))
+        try:
+            print(write_mixed(a.out, a.lines, a.synthetic, a.train, a.test, a.seed))
+        except ValueError as exc:
+            ap.error(str(exc))
     else:
         print(write(a.out, a.train, a.test, a.seed, SETS[a.lines]))

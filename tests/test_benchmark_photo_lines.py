@@ -55,7 +55,12 @@ def test_synthetic_lines_take_the_last_photo_lines_place_spread_through_the_orde
     assert not (tmp_path / "mix" / "synth.json").exists()
 
 
-def test_lines_that_do_not_split_into_equal_parts_are_refused():
+def test_lines_that_do_not_split_into_equal_parts_are_refused_before_anything_is_written(tmp_path):
     assert spread(["a", "b", "c"], ["x", "y", "z"]) == ["a", "x", "b", "y", "c", "z"]
     with pytest.raises(ValueError, match="do not split into 3 parts"):
         spread(["a", "b"], ["x", "y", "z"])
+    with pytest.raises(ValueError, match="do not split into 3 parts"):
+        write_mixed(tmp_path / "uneven", lines=12, synthetic=2, train=2, test=3)
+    with pytest.raises(ValueError, match="give 1 to 11 synthetic lines"):
+        write_mixed(tmp_path / "all", lines=12, synthetic=12, train=2, test=3)
+    assert not (tmp_path / "uneven").exists() and not (tmp_path / "all").exists()
