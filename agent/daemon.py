@@ -25,6 +25,7 @@ from calibration.store import ProfileStore
 from hgad.errors import BadInputError
 from hgad.model_dir import load_model
 from hgad.runtime.select import open_backend
+from hgad.runtime.threads import on_passing_thread
 
 from . import paths
 from .alerts import AlertEmitter
@@ -60,15 +61,18 @@ class Agent:
     # ------------------------------------------------------------------ setup
     def open(self) -> None:
         cfg = self.cfg
-        self.loaded = load_model(Path(cfg.model))
+        # Model and backend are loaded on threads that end here, so that the pipeline thread's OpenMP pool
+        # is the process's only one (hgad/runtime/threads.py).
+        self.loaded = on_passing_thread(lambda: load_model(Path(cfg.model)), "load-model")
         self.model_id = self.loaded.model_id
         self.engine = open_database(cfg.database_path)
         self.profiles = ProfileStore(self.engine)
         self.store = AgentStore(self.engine, cfg.heatmaps_path, cfg.storage)
         self.feedback = FeedbackStore(self.engine, cfg.normals_path, cfg.feedback)
         self.runtimes = {rt.name: rt for rt in self._open_cameras()}
-        self.backend, self.backend_reason = open_backend(
-            self.loaded, cfg.backend, cfg.device, cfg.precision, cfg.batch, cfg.engine_cache_path
+        self.backend, self.backend_reason = on_passing_thread(
+            lambda: open_backend(self.loaded, cfg.backend, cfg.device, cfg.precision, cfg.batch, cfg.engine_cache_path),
+            "open-backend",
         )
         info = self.backend.info
         log.info(
