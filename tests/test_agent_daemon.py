@@ -20,18 +20,22 @@ from .conftest import write_video
 from .test_agent_dispatcher import save_profile
 
 
-def _config(tmp_path, tiny_model, calibrated_db, cameras):
+def config_data(tmp_path, tiny_model, calibrated_db, cameras) -> dict:
+    """An agent configuration on the tiny model (torch, no console) with calibrated lines, as a dict."""
     shutil.copyfile(calibrated_db, tmp_path / "db.sqlite")
     save_profile(ProfileStore(open_database(tmp_path / "db.sqlite")), tiny_model.model_id, "pcb")
     video = write_video(tmp_path / "v.avi", [np.zeros((64, 64, 3), np.uint8)] * 2)
-    data = {
+    return {
         "model": str(tiny_model.path),
         "backend": "torch",
         "storage": {"database": str(tmp_path / "db.sqlite"), "state_dir": str(tmp_path / "state")},
         "cameras": [{"name": n, "source": str(video), "line": line} for n, line in cameras],
         "web": {"enabled": False},
     }
-    return parse_config(data)
+
+
+def _config(tmp_path, tiny_model, calibrated_db, cameras):
+    return parse_config(config_data(tmp_path, tiny_model, calibrated_db, cameras))
 
 
 def test_a_line_switched_at_run_time_stands_until_the_configuration_is_edited(

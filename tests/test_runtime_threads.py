@@ -6,20 +6,16 @@ count, not a time, so a busy machine does not blur it."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import threading
 
-import numpy as np
 import pytest
 
-from calibration.db import open_database
-from calibration.store import ProfileStore
 from hgad.runtime.threads import on_passing_thread
 
-from .conftest import ROOT, write_video
-from .test_agent_dispatcher import save_profile
+from .conftest import ROOT
+from .test_agent_daemon import config_data
 
 # In its own process: nothing may start torch's parallel work on the main thread before `Agent.open()`.
 SCRIPT = """
@@ -67,17 +63,7 @@ def test_on_passing_thread_raises_the_callers_exception_here():
 
 
 def test_after_open_the_pipeline_threads_pool_is_the_only_one(tmp_path, tiny_model, calibrated_db):
-    db = tmp_path / "db.sqlite"
-    shutil.copyfile(calibrated_db, db)
-    save_profile(ProfileStore(open_database(db)), tiny_model.model_id, "fabric")
-    video = write_video(tmp_path / "v.avi", [np.zeros((64, 64, 3), np.uint8)] * 2)
-    config = {
-        "model": str(tiny_model.path),
-        "backend": "torch",
-        "storage": {"database": str(db), "state_dir": str(tmp_path / "state")},
-        "cameras": [{"name": "cam1", "source": str(video), "line": "fabric"}],
-        "web": {"enabled": False},
-    }
+    config = config_data(tmp_path, tiny_model, calibrated_db, [("cam1", "fabric")])
     (tmp_path / "config.json").write_text(json.dumps(config))
     r = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "config.json")], cwd=ROOT, capture_output=True, text=True
