@@ -14,6 +14,7 @@ import resource
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,16 @@ def _config(
     return path
 
 
-def run_agent_bench(loaded: LoadedModel, backend: Backend, spec: AgentBenchSpec, bare_fps: float) -> dict[str, Any]:
+def run_agent_bench(
+    loaded: LoadedModel,
+    backend: Backend,
+    spec: AgentBenchSpec,
+    bare_fps: float,
+    bare_again: Callable[[], float] | None = None,
+) -> dict[str, Any]:
+    """The agent's frames/s over the bare model's at batch 1. `bare_fps` was measured just before; `bare_again`
+    measures it once more after the agent's run, and the ratio is to the mean of the two: on a shared machine
+    whose speed drifts, a rate taken on one side of a 15-second run can be off by a third."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     n = int(np.clip(bare_fps * spec.seconds / spec.cameras, 40, 600))
     frames = camera_frames(loaded.model.cfg.image_size, spec.frame, n)
@@ -136,10 +146,25 @@ def run_agent_bench(loaded: LoadedModel, backend: Backend, spec: AgentBenchSpec,
     line = calibrate_line(loaded, backend, paths.database(spec.workdir / "state"), frames)
     with local_broker() as (host, port, how):
         run = _run_once(spec, loaded, video, line, host, port)
-        result = _result(spec, run["stats"], bare_fps, n, how, run["t0"], run["ready_at"])
+        after = bare_again() if bare_again else None
+        result = _result(spec, run["stats"], bare_fps, n, how, run["t0"], run["ready_at"], after)
         if spec.console:
             result["console"] = _with_console(spec, loaded, video, line, host, port, result["agent_fps"])
     return result
+
+
+def agent_summary(r: dict[str, Any]) -> str:
+    """The agent's result in one line, as `bench` prints it."""
+    h, w = r["camera_frame"]
+    before, after = r["bare_model_fps_batch1_before_after"]
+    bare = f"{before:.1f} before, {after:.1f} after" if after else f"{before:.1f}"
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
+    start = r["startup_s"]
+    return (
+        f"agent, {r['cameras']} camera(s) of {w}x{h}: {r['agent_fps']:.1f} frames/s against the bare model's "
+        f"{r['bare_model_fps_batch1']:.1f} ({bare}): ratio {r['agent_to_model_fps_ratio']}; stages ({stages} ms); "
+        f"READY after {start['ready']} s, first judged frame after {start['first_judged_frame']} s"
+    )
 
 
 def _run_once(spec, loaded, video, line, host, port, web_port: int | None = None) -> dict[str, Any]:
@@ -185,7 +210,9 @@ def _with_console(spec, loaded, video, line, host, port, fps_without: float) -> 
     return out
 
 
-def _result(spec, stats: dict, bare_fps: float, n: int, how: str, t0: float, ready_at: float | None) -> dict:
+def _result(
+    spec, stats: dict, before: float, n: int, how: str, t0: float, ready_at: float | None, after: float | None = None
+) -> dict:
     every = list(stats["cameras"].values())
     cams = [c for c in every if c.get("first_judged_ts")]
     # Frames judged over the time from the first judged frame of any camera to the last of any: cameras are
@@ -193,6 +220,7 @@ def _result(spec, stats: dict, bare_fps: float, n: int, how: str, t0: float, rea
     first = min((c["first_judged_ts"] for c in cams), default=None)
     last = max((c["first_judged_ts"] + c["active_s"] for c in cams), default=None)
     fps = sum(c["processed"] for c in cams) / (last - first) if cams and last > first else 0.0
+    bare_fps = (before + after) / 2 if after else before
     return {
         "cameras": spec.cameras,
         "camera_frame": list(spec.frame),
@@ -200,8 +228,9 @@ def _result(spec, stats: dict, bare_fps: float, n: int, how: str, t0: float, rea
         "processed": sum(c["processed"] for c in every),
         "broker": how,
         "agent_fps": round(fps, 2),
-        "bare_model_fps_batch1": bare_fps,
-        "agent_to_model_fps_ratio": round(fps / bare_fps, 3) if bare_fps else None,
+        "bare_model_fps_batch1": round(bare_fps, 2),
+        "bare_model_fps_batch1_before_after": [before, after],
+        "agent_to_model_fps_ratio": round(fps / bare_fps, 3) if bare_fps else None,  # of the unrounded rates
         "stages_ms": stats.get("stages_ms", {}),
         "frame_latency_ms": {name: c["latency_ms"] for name, c in stats["cameras"].items()},
         "alert_ack_latency_ms": stats.get("alert_ack_latency_ms"),

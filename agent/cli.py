@@ -373,7 +373,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     result = run_bench(backend, a.batch, a.iters, camera_shape=a.frame)
     result["backend_choice"] = reason
     if a.agent:
-        from .bench_agent import AgentBenchSpec, run_agent_bench
+        from .bench_agent import AgentBenchSpec, agent_summary, run_agent_bench
 
         workdir = (
             a.json.parent if a.json else Path("bench-out")
@@ -381,8 +381,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
         spec = AgentBenchSpec(
             workdir, backend.info.name, a.cameras, a.frame, engine_cache=paths.engine_cache(a.cache), console=a.console
         )
-        result["agent"] = run_agent_bench(loaded, backend, spec, result["batches"]["1"]["fps"])
+
+        def bare_again() -> float:
+            return run_bench(backend, 1, a.iters, camera_shape=a.frame)["batches"]["1"]["fps"]
+
+        result["agent"] = run_agent_bench(loaded, backend, spec, result["batches"]["1"]["fps"], bare_again)
     print_bench(result)
+    if a.agent:
+        print(agent_summary(result["agent"]))
     _write_json(a.json, result)
     return EXIT_OK
 

@@ -29,6 +29,7 @@ def test_bench_agent_json(tiny_model_dir, tmp_path):
                  "--agent", "--cameras", "2", "--frame", "320x180", "--console", "--json", "bench-out/bench.json",
                  cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
+    assert "agent, 2 camera(s) of 320x180: " in r.stdout and "ratio " in r.stdout  # said, not only in the JSON
     result = json.loads(out.read_text())
     agent = result["agent"]
     assert result["batches"]["1"]["fps"] > 0 and result["camera_frame"] == [180, 320]
@@ -36,6 +37,10 @@ def test_bench_agent_json(tiny_model_dir, tmp_path):
     # The ratio is of the unrounded rates; the rates in the JSON are rounded to 0.01 frames/s.
     assert agent["agent_to_model_fps_ratio"] > 0
     assert abs(agent["agent_to_model_fps_ratio"] - agent["agent_fps"] / agent["bare_model_fps_batch1"]) < 0.005
+    # The bare model is measured on both sides of the agent's run and the ratio is to their mean.
+    before, after = agent["bare_model_fps_batch1_before_after"]
+    assert before == result["batches"]["1"]["fps"] and after > 0
+    assert abs(agent["bare_model_fps_batch1"] - (before + after) / 2) < 0.01
     assert {"decode", "resize", "wait", "infer", "judge"} <= set(agent["stages_ms"])
     start = agent["startup_s"]
     assert start["ready"] > 0 and 0 < start["first_judged_frame"] < 120
@@ -56,4 +61,6 @@ def test_the_agent_rate_of_several_cameras_is_frames_over_the_time_they_took_tog
     spec = AgentBenchSpec(tmp_path, "torch", 2, (720, 1280))
     result = _result(spec, stats, 4.0, 10, "a broker", 90.0, 95.0)
     assert result["agent_fps"] == 2.0 and result["agent_to_model_fps_ratio"] == 0.5
+    # Measured again after the run at 4.4 frames/s: the ratio is to the mean, 4.2.
+    assert _result(spec, stats, 4.0, 10, "a broker", 90.0, 95.0, 4.4)["agent_to_model_fps_ratio"] == round(2 / 4.2, 3)
     assert result["processed"] == 20 and result["startup_s"] == {"ready": 5.0, "first_judged_frame": 10.0}
