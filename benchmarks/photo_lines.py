@@ -141,6 +141,13 @@ def finish(src: np.ndarray, line: Line) -> np.ndarray:
 
 def write(out: Path, train: int = 100, test: int = 60, seed: int = 0, lines: list[str] | None = None) -> list[str]:
     names = lines or SETS[12]
+    write_images(out, train, test, seed, names)
+    (out / "photo_lines.json").write_text(json.dumps({"lines": names, "train": train, "test": test, "seed": seed}))
+    return names
+
+
+def write_images(out: Path, train: int, test: int, seed: int, names: list[str]) -> None:
+    """Each line's training and test images, with the defects' masks, in MVTec AD layout."""
     for li, name in enumerate(names):
         line = LINES[name]
         src = finish(load_source(line.source), line)
@@ -159,8 +166,6 @@ def write(out: Path, train: int = 100, test: int = 60, seed: int = 0, lines: lis
                 gt.mkdir(parents=True, exist_ok=True)
                 cv2.imwrite(str(gt / f"{i:03d}_mask.png"), mask.astype(np.uint8) * 255)
             cv2.imwrite(str(folder / f"{i:03d}.png"), (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8))
-    (out / "photo_lines.json").write_text(json.dumps({"lines": names, "train": train, "test": test, "seed": seed}))
-    return names
 
 
 def spread(photo: list[str], synthetic: list[str], parts: int = 3) -> list[str]:
@@ -180,7 +185,7 @@ def write_mixed(out: Path, lines: int, synthetic: int, train: int = 100, test: i
     order = spread(photo, names)  # refused here, before anything is written
     write_dataset(out, SynthSpec(synthetic, train, test, SIZE, seed))
     (out / "synth.json").unlink()  # the folder is this benchmark's, not a synth dataset to be replaced whole
-    write(out, train, test, seed, photo)
+    write_images(out, train, test, seed, photo)
     meta = {"lines": order, "synthetic": names, "train": train, "test": test, "seed": seed}
     (out / "photo_lines.json").write_text(json.dumps(meta))
     return order
