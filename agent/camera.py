@@ -113,6 +113,38 @@ class FolderCapture:
         self.files = []
 
 
+def ask_mode(cap, cfg: CameraConfig) -> list[str]:
+    """Asks a device camera for the configured mode and returns what it did not grant ("width asked 1920,
+    got 640"). The four-character code goes first: a driver offers its frame sizes per format."""
+    asked: list[tuple[str, int, float, str]] = []
+    if cfg.fourcc:
+        asked.append(("fourcc", cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc), cfg.fourcc))
+    if cfg.width and cfg.height:
+        asked.append(("width", cv2.CAP_PROP_FRAME_WIDTH, cfg.width, str(cfg.width)))
+        asked.append(("height", cv2.CAP_PROP_FRAME_HEIGHT, cfg.height, str(cfg.height)))
+    if cfg.fps:
+        asked.append(("fps", cv2.CAP_PROP_FPS, cfg.fps, f"{cfg.fps:g}"))
+    for _, prop, value, _ in asked:
+        cap.set(prop, value)
+    missed = []
+    for key, prop, value, shown in asked:
+        got = cap.get(prop)
+        if key == "fourcc":
+            granted, got_shown = int(got) == value, fourcc_text(got)
+        elif key == "fps":
+            granted, got_shown = abs(got - value) < 0.5, f"{got:g}"
+        else:
+            granted, got_shown = int(got) == value, str(int(got))
+        if not granted:
+            missed.append(f"{key} asked {shown}, got {got_shown}")
+    return missed
+
+
+def fourcc_text(code: float) -> str:
+    n = int(code)
+    return "".join(chr((n >> (8 * i)) & 0xFF) for i in range(4)).strip("\x00") or "none"
+
+
 def open_capture(kind: str, source: str, timeout_s: float):
     """An opened capture, or None."""
     ms = int(timeout_s * 1000)
@@ -159,6 +191,7 @@ class Camera:
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self.last_frame_mono = 0.0
         self._failed_opens = 0
+        self._mode_warned = False
 
     # ------------------------------------------------------------------ consumer side
     def start(self) -> None:
@@ -268,6 +301,8 @@ class Camera:
             self.stats.opens += 1
             if self.stats.opens > 1:
                 self.stats.reconnects += 1
+            if self.kind == "device":
+                self._ask_mode(cap)
             self._cap = cap
             self._reopen.clear()
             self.last_frame_mono = time.monotonic()
@@ -295,6 +330,15 @@ class Camera:
             if not self._stop.is_set():
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.reopen_max_s)
+
+    def _ask_mode(self, cap) -> None:
+        missed = ask_mode(cap, self.cfg)
+        if missed and not self._mode_warned:  # once: the same camera refuses the same mode on every reopen
+            self._mode_warned = True
+            log.warning(
+                "camera did not grant the mode asked for: set a mode it offers (v4l2-ctl --list-formats-ext)",
+                extra={"fields": self._fields(missed="; ".join(missed))},
+            )
 
     def _read_loop(self, cap, period: float, index: int) -> tuple[str, int]:
         """Read until the source ends, fails or is told to reopen. Returns (why, next index)."""

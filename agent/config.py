@@ -97,6 +97,12 @@ class MQTTConfig(Checked):
             yield "reconnect_max_s", f"{self.reconnect_max_s} must be >= reconnect_min_s ({self.reconnect_min_s})"
 
 
+def _fourcc(v: str) -> str | None:
+    if re.fullmatch(r"[A-Za-z0-9 ]{4}", v):
+        return None
+    return f"{v!r} is not a four-character code (e.g. MJPG or YUYV)"
+
+
 @dataclass(frozen=True)
 class CameraConfig(Checked):
     name: str = setting(check=valid_name)
@@ -115,10 +121,28 @@ class CameraConfig(Checked):
     reopen_min_s: float = setting(0.5, check=positive)
     reopen_max_s: float = setting(30.0, check=positive)
     enabled: bool = True
+    # Devices only: the mode to ask the camera for (a USB camera opens in its driver's default, often 640x480
+    # YUYV). Unset keeps the default. A stream or a GStreamer pipeline sets its own (its caps, its URL).
+    width: int | None = setting(None, check=positive)
+    height: int | None = setting(None, check=positive)
+    fps: float | None = setting(None, check=positive)
+    fourcc: str | None = setting(None, check=_fourcc)
 
     def relations(self) -> Iterable[tuple[str, str]]:
         if self.reopen_max_s < self.reopen_min_s:
             yield "reopen_max_s", f"{self.reopen_max_s} must be >= reopen_min_s ({self.reopen_min_s})"
+        if (self.width is None) != (self.height is None):
+            key = "height" if self.height is None else "width"
+            yield key, f"camera {self.name}: give width and height together (e.g. width: 1280, height: 720)"
+        asked = [k for k in ("width", "height", "fps", "fourcc") if getattr(self, k) is not None]
+        if asked and self.kind != "device":
+            yield (
+                asked[0],
+                (
+                    f"camera {self.name}: {', '.join(asked)} set the mode of a device camera (a device index); "
+                    f"a {self.kind} source brings its own"
+                ),
+            )
         problem = self._local_source_problem() if self.enabled else None
         if problem:
             yield "source", f"camera {self.name}: {problem}"

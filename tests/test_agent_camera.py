@@ -157,3 +157,68 @@ def test_the_camera_thread_resizes_for_the_model_and_times_it(tmp_path):
     assert [f.image.shape for f in got] == [(72, 128, 3)] * 4  # kept whole for heatmaps and regions
     assert [f.model_input.shape for f in got] == [(32, 32, 3)] * 4
     assert set(stages.summary()) == {"decode", "resize"} and all(v >= 0 for v in stages.summary().values())
+
+
+class _FakeDevice:
+    """Stands in for a V4L2 camera, which cannot exist on a machine without one: OpenCV's get/set/read. It
+    grants a mode up to 1280x720 at 30 frames/s, in MJPG or YUYV."""
+
+    def __init__(self):
+        self.props = {cv2.CAP_PROP_FOURCC: float(cv2.VideoWriter_fourcc(*"YUYV")), cv2.CAP_PROP_FRAME_WIDTH: 640.0,
+                      cv2.CAP_PROP_FRAME_HEIGHT: 480.0, cv2.CAP_PROP_FPS: 30.0}  # fmt: skip
+        self.calls = []
+
+    def set(self, prop, value):
+        self.calls.append(prop)
+        limit = {cv2.CAP_PROP_FRAME_WIDTH: 1280, cv2.CAP_PROP_FRAME_HEIGHT: 720, cv2.CAP_PROP_FPS: 30}.get(prop)
+        formats = {cv2.VideoWriter_fourcc(*c) for c in ("MJPG", "YUYV")}
+        if prop == cv2.CAP_PROP_FOURCC and int(value) not in formats:
+            return False
+        self.props[prop] = float(min(value, limit) if limit else value)
+        return True
+
+    def get(self, prop):
+        return self.props.get(prop, 0.0)
+
+    def isOpened(self):
+        return True
+
+    def read(self):
+        w, h = int(self.props[cv2.CAP_PROP_FRAME_WIDTH]), int(self.props[cv2.CAP_PROP_FRAME_HEIGHT])
+        return True, np.zeros((h, w, 3), np.uint8)
+
+    def release(self):
+        pass
+
+
+def test_a_device_is_asked_for_its_mode_and_what_it_does_not_grant_is_named():
+    from agent.camera import ask_mode
+
+    cap = _FakeDevice()
+    cfg = CameraConfig(name="c", source="0", line="l", width=1280, height=720, fps=30, fourcc="MJPG")
+    assert ask_mode(cap, cfg) == []
+    # The format first (a driver lists its sizes per format), then the size, then the rate.
+    assert cap.calls == [cv2.CAP_PROP_FOURCC, cv2.CAP_PROP_FRAME_WIDTH, cv2.CAP_PROP_FRAME_HEIGHT, cv2.CAP_PROP_FPS]
+    assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 1280
+    cfg = CameraConfig(name="c", source="0", line="l", width=1920, height=1080, fourcc="H264")
+    assert ask_mode(_FakeDevice(), cfg) == ["fourcc asked H264, got YUYV", "width asked 1920, got 1280",
+                                            "height asked 1080, got 720"]  # fmt: skip
+    assert ask_mode(_FakeDevice(), CameraConfig(name="c", source="0", line="l")) == []  # nothing asked
+
+
+def test_a_device_that_refuses_its_mode_is_one_warning_and_still_delivers(monkeypatch, caplog):
+    import agent.camera as camera
+
+    monkeypatch.setattr(camera, "open_capture", lambda kind, source, timeout_s: _FakeDevice())
+    cfg = CameraConfig(name="c", source="0", line="l", width=1920, height=1080, reopen_min_s=0.05, reopen_max_s=0.1)
+    cam = Camera(cfg)
+    with caplog.at_level("INFO", logger="agent.camera"):
+        cam.start()
+        got = _drain(cam, lambda c, g: len(g) >= 3)
+        cam._reopen.set()  # a reopen asks again, and does not warn again
+        _drain(cam, lambda c, g: c.stats.opens >= 2 and len(g) >= 2)
+        cam.stop()
+    assert got and got[0].image.shape == (720, 1280, 3)  # what the camera gave
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and warned[0].fields["missed"] == "width asked 1920, got 1280; height asked 1080, got 720"
+    assert warned[0].fields["camera"] == "c" and cam.stats.opens >= 2

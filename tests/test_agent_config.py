@@ -146,6 +146,18 @@ BAD = [
         lambda c: c["cameras"][0].update(source="/tmp", type="file"),
         "cameras[0].source: camera cam1: /tmp is a directory",
     ),
+    # A device's mode: both sides of a size, a real four-character code, and only where a mode can be asked.
+    (
+        "width_alone",
+        lambda c: c["cameras"][0].update(source="0", width=1280),
+        "cameras[0].height: camera cam1: give width and height together",
+    ),
+    ("fourcc", lambda c: c["cameras"][0].update(source="0", fourcc="MJPEG"), "cameras[0].fourcc: 'MJPEG' is not a"),
+    (
+        "mode_of_a_file",
+        lambda c: c["cameras"][0].update(width=1280, height=720),
+        "cameras[0].width: camera cam1: width, height set the mode of a device camera (a device index); a file",
+    ),
     ("section_not_mapping", lambda c: c.update(health=[1, 2]), "health: expected a mapping"),
     ("device_name", lambda c: c.update(device="gpu0"), "device: 'gpu0' is not a device; use cpu, cuda"),
 ]
