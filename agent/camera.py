@@ -62,6 +62,7 @@ class CameraStats:
     ended: bool = False
     last_error: str = ""
     down_since: float | None = None
+    frame: str | None = None  # WIDTHxHEIGHT of the latest frame: the mode the camera actually delivers
 
 
 def gstreamer_available() -> bool:
@@ -273,6 +274,7 @@ class Camera:
     def _put(self, image: np.ndarray, index: int) -> None:
         now_mono = time.monotonic()
         frame = Frame(self.name, index, image, time.time(), now_mono)
+        self.stats.frame = f"{image.shape[1]}x{image.shape[0]}"
         if self.model_size:
             frame.model_input = to_batch([image], self.model_size)[0]
             self.stages.add("resize", (time.monotonic() - now_mono) * 1000.0)

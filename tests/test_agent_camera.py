@@ -219,6 +219,7 @@ def test_a_device_that_refuses_its_mode_is_one_warning_and_still_delivers(monkey
         _drain(cam, lambda c, g: c.stats.opens >= 2 and len(g) >= 2)
         cam.stop()
     assert got and got[0].image.shape == (720, 1280, 3)  # what the camera gave
+    assert cam.stats.frame == "1280x720"  # and what the stats message says it gives
     warned = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and warned[0].fields["missed"] == "width asked 1920, got 1280; height asked 1080, got 720"
     assert warned[0].fields["camera"] == "c" and cam.stats.opens >= 2

@@ -78,6 +78,8 @@ def test_one_alert_per_defect_episode(broker, collector_factory, tiny_model, tin
     assert stats and {"uptime_s", "cameras", "queue_depth", "broker", "disk"} <= set(stats[-1])
     cam = stats[-1]["cameras"]["cam1"]
     assert {"fps_in", "fps_processed", "skipped", "latency_ms", "reconnects"} <= set(cam)
+    h, w = stream.frames[0].shape[:2]
+    assert cam["frame"] == f"{w}x{h}"  # the size the camera delivers, as read from the recording
 
 
 def test_commands_switch_line_and_recalibrate_live(
