@@ -7,10 +7,10 @@ on the CPU. At load, golden frames must agree with the eager model within the fp
 or the graph is removed from the cache and refused. The same file is what TensorRT reads on a Jetson
 (`trtexec --onnx=...`, or ONNX Runtime's TensorRT execution provider), beside the torch-tensorrt path.
 
-ONNX Runtime rather than OpenVINO, measured on the development machine's 2 x86 cores at 768 px, the same
-ONNX graph, fp32: both about 240 ms per frame and within 1e-5 of eager torch on real images; OpenVINO's
-default on a CPU with bf16 was faster (150 ms) but moved scores by 30 %. At equal speed the smaller
-dependency won, and the one whose graph a Jetson's TensorRT also reads.
+ONNX Runtime rather than OpenVINO: on x86 cores, fp32, the same ONNX graph, the two run level and both within
+1e-5 of eager torch; OpenVINO's bf16 default, where a CPU has it, is faster but moves scores by 30 %, which no
+threshold survives (docs/results.md, "Speed on a CPU"). At equal speed the smaller dependency won, and the one
+whose graph a Jetson's TensorRT also reads.
 """
 
 from __future__ import annotations
