@@ -2,7 +2,7 @@
 
     python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--lines a,b,...] [--epochs 12]
         [--lr-factor 0.5] [--anchor 1.0] [--weight-decay W] [--no-place] [--replay-images 16]
-        [--replay-positions 128] [--seed 0] [--image-size 768] [--scratch]
+        [--replay-positions 128] [--seed 0] [--image-size 768] [--scratch] [--normals NORMALS]
 
 The recipe is trained on the other lines (the base), the `--add` lines are then added with `add_lines` (the
 base's replay sample, fine-tuning, statistics), and every line taking part is scored class-agnostically, as
@@ -13,6 +13,14 @@ next run with the same lines. `--lines` limits the lines taking part to some of 
 lines of a 36-line set and one more), with the cache still of all of DATA. `--scratch` also trains the recipe on
 every line taking part from scratch, the model the grown one is measured against. `--seed` is the add's own
 (new centres, fine-tuning); the base and the replay sample keep seed 0, so seeds show the add's own spread.
+
+`--normals NORMALS` checks the verdict against recalibration: NORMALS holds other normal images of the old
+lines (LINE/train/good, e.g. `python -m benchmarks.photo_lines NORMALS --train 100 --test 5 --seed 1`; their
+features cached beside CACHE.pt). Per old line, a profile's threshold (split conformal, false-alarm rate 0.05)
+is set on them under the base and again under the grown model; `shift_sd` is the change in units of the
+threshold's own spread over calibration sets (bootstrap), `far_grown` the share of the same images the old
+threshold flags under the grown model. A profile holds where recalibrating moves it no more than calibrating
+on other normal images would.
 """
 
 from __future__ import annotations
@@ -26,14 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from calibration.threshold import conformal_index
 from hgad.add_lines import FineTune, add_lines_from_features
 from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
 from hgad.memory import keep_freed_memory
 from hgad.metrics import auroc
 from hgad.replay import IMAGES, POSITIONS, sample
+from hgad.train import extract_features
 
-from .ablation import MAP_SIZE, Run, build, cached_features, fit, score_test
+from .ablation import CPU, MAP_SIZE, Run, build, cached_features, fit, score_test
+
+PROFILE_FAR = 0.05
 
 
 def per_line(model, cache_test, test, lines) -> dict[str, dict[str, float]]:
@@ -48,6 +60,34 @@ def per_line(model, cache_test, test, lines) -> dict[str, dict[str, float]]:
             "pixel": round(auroc(masks[line == c], maps[line == c]), 4)}
         for c in lines
     }  # fmt: skip
+
+
+def profiles_hold(base, grown, features: torch.Tensor, line: np.ndarray, lines: list[str]) -> dict[str, dict]:
+    """Per line of `lines`: its threshold on the normal images' raw `features` under `base` and under `grown`,
+    the change in units of the threshold's bootstrap spread, and the old threshold's false-alarm share under
+    `grown` (see the module's docstring)."""
+    before, after = score_test(base, features)[0], score_test(grown, features)[0]
+    rng = np.random.default_rng(0)
+    out = {}
+    for c in lines:
+        a, b = before[line == c], after[line == c]
+        k = conformal_index(a.size, PROFILE_FAR) - 1
+        t_old, t_new = np.sort(a)[k], np.sort(b)[k]
+        spread = np.std([np.sort(rng.choice(a, a.size))[k] for _ in range(1000)])
+        out[c] = {
+            "images": int(a.size), "t_base": round(float(t_old), 4), "t_grown": round(float(t_new), 4),
+            "shift_sd": round(float((t_new - t_old) / spread), 2), "far_grown": round(float((b > t_old).mean()), 3),
+        }  # fmt: skip
+    return out
+
+
+def normal_features(cache_path: Path, root: Path, lines: list[str], size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Raw grid features of NORMALS' training images of `lines` (cached beside the cache) and each one's line."""
+    samples = load_split(root, "train", lines)
+    path = cache_path.with_name(f"{cache_path.stem}.normals.pt")
+    if not path.exists():
+        torch.save(extract_features(build(lines, Run("hgad", 1, 0), size), [s.path for s in samples], CPU), path)
+    return torch.load(path), np.array([s.class_name for s in samples])
 
 
 def trained(cache_path: Path, lines: list[str], features: torch.Tensor, train, size: int):
@@ -83,6 +123,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the add's own seed (the base is trained with seed 0)")
     ap.add_argument("--image-size", type=int, default=768)
     ap.add_argument("--scratch", action="store_true", help="also train every line taking part from scratch")
+    ap.add_argument("--normals", type=Path, help="other normal images of the old lines: do their profiles hold?")
     a = ap.parse_args()
     keep_freed_memory()
     torch.set_num_threads(2)
@@ -115,6 +156,9 @@ def main() -> None:
         "base": per_line(base, cache["test"], test, old),
         "grown": per_line(grown, cache["test"], test, lines),
     }  # fmt: skip
+    if a.normals:
+        features, line = normal_features(a.cache, a.normals, old, a.image_size)
+        result["profiles"] = profiles_hold(base, grown, features, line, old)
     if a.scratch:
         t3 = time.perf_counter()
         scratch = trained(a.cache, lines, cache["train"], train, a.image_size)[0]

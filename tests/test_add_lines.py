@@ -19,6 +19,7 @@ from hgad.add_lines import (
     _distance_out,
     add_lines,
     add_lines_from_features,
+    distribution_shift,
     grow,
     place_new_centres,
 )
@@ -169,6 +170,19 @@ def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, 
     save_model(model, tmp_path / "grown", report.to_dict(), report.replay, lineage=lineage)
     assert load_replay(tmp_path / "grown").classes == ("fabric", "pcb")
     assert load_model(tmp_path / "grown").meta["lineage"]["moved"] == report.moved
+
+
+def test_the_verdict_sees_either_tail_of_the_log_likelihoods_move():
+    """A frame's score is made where its log-likelihoods are lowest: a line whose least likely vectors fell has
+    moved, as has one whose most likely vectors rose; an unchanged one has not."""
+    ll = torch.randn(4, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    low, high = ll.quantile(0.01), ll.quantile(0.99)
+    unit = torch.tensor(1.0)
+    assert distribution_shift(ll, ll.clone(), unit) == 0.0
+    assert distribution_shift(ll, torch.where(ll < low, ll - 1.0, ll), unit) > 0.5
+    assert distribution_shift(ll, torch.where(ll > high, ll + 1.0, ll), unit) > 0.5
+    assert distribution_shift(ll, ll + 0.01, unit) < KEEP_TOLERANCE
+    assert distribution_shift(ll, torch.where(ll < low, ll - 1.0, ll), torch.tensor(100.0)) < KEEP_TOLERANCE
 
 
 @pytest.mark.parametrize("kept", [["fabric"], []])
