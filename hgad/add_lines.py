@@ -183,8 +183,9 @@ def distribution_shift(before: torch.Tensor, after: torch.Tensor, spread: torch.
     """The largest shift over `QUANTILES` of the same vectors' standardised log-likelihoods, before and after,
     of the pooled `spread`. Both tails count: a frame's score is the highest of its smoothed map, made where
     the log-likelihoods are lowest, and the smoothing mixes in their neighbours from the rest of the range.
-    It is conservative: against recalibration on other normal images it named half the old lines whose
-    thresholds had stayed within calibration noise (docs/results.md, "Do the old lines' profiles hold?")."""
+    It is conservative: in the two adds checked against recalibration on other normal images it named every old
+    line, half of them with thresholds that had stayed within calibration noise (docs/results.md, "Do the old
+    lines' profiles hold?")."""
     q = torch.tensor(QUANTILES, dtype=torch.float64)
     a, b = after.flatten().double(), before.flatten().double()
     shift = (torch.quantile(a, q) - torch.quantile(b, q)).abs().max()
