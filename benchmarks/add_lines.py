@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibration.threshold import conformal_index
+from calibration.threshold import choose_threshold
 from hgad.add_lines import FineTune, add_lines_from_features
 from hgad.data.datasets import load_split, select_classes
 from hgad.data.images import read_mask
@@ -63,17 +63,16 @@ def per_line(model, cache_test, test, lines) -> dict[str, dict[str, float]]:
 
 
 def profiles_hold(base, grown, features: torch.Tensor, line: np.ndarray, lines: list[str]) -> dict[str, dict]:
-    """Per line of `lines`: its threshold on the normal images' raw `features` under `base` and under `grown`,
-    the change in units of the threshold's bootstrap spread, and the old threshold's false-alarm share under
-    `grown` (see the module's docstring)."""
+    """Per line of `lines`: its threshold on the normal images' raw `features` under `base` and under `grown`
+    (chosen as a profile chooses it), the change in units of the threshold's bootstrap spread, and the old
+    threshold's false-alarm share under `grown` (see the module's docstring)."""
     before, after = score_test(base, features)[0], score_test(grown, features)[0]
     rng = np.random.default_rng(0)
     out = {}
     for c in lines:
         a, b = before[line == c], after[line == c]
-        k = conformal_index(a.size, PROFILE_FAR) - 1
-        t_old, t_new = np.sort(a)[k], np.sort(b)[k]
-        spread = np.std([np.sort(rng.choice(a, a.size))[k] for _ in range(1000)])
+        t_old, t_new = choose_threshold(a, PROFILE_FAR).value, choose_threshold(b, PROFILE_FAR).value
+        spread = np.std([choose_threshold(rng.choice(a, a.size), PROFILE_FAR).value for _ in range(1000)])
         out[c] = {
             "images": int(a.size), "t_base": round(float(t_old), 4), "t_grown": round(float(t_new), 4),
             "shift_sd": round(float((t_new - t_old) / spread), 2), "far_grown": round(float((b > t_old).mean()), 3),
