@@ -195,11 +195,18 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
     lineage = {"from": base.model_id, "kept": report.kept, "moved": report.moved, "before": base.meta.get("lineage")}
     model_id = save_model(model, a.out, report.to_dict(), report.replay, lineage=lineage)
     recalibrate = [line for line in base.model.classes if line not in report.kept]
+    unjudged = [line for line in base.model.classes if line not in report.moved]
     print(
         f"model {model_id} saved to {a.out} ({len(model.classes)} lines, {report.seconds:.0f} s); profiles of "
         f"{', '.join(report.kept) or 'no old line'} still hold"
         + (f"; recalibrate {', '.join(recalibrate)}" if recalibrate else "")
     )
+    if unjudged:
+        print(
+            f"{a.from_model}: its replay sample holds no whole images of {', '.join(unjudged)} (saved before "
+            f"they were kept), so their scores could not be compared: recalibrate them",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 

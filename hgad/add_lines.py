@@ -17,10 +17,11 @@
 3. The new lines' per-position statistics are fitted from their images. The old lines' are corrected for how
    far the flow moved them: an affine map of their log-likelihoods fitted on their replay vectors, before and
    after. The reference of normal and the pooled scale stay the model's, so scores keep their units.
-4. Each old line gets a verdict: its calibration profiles still hold when its replay vectors' standardised
-   log-likelihoods moved by less than `KEEP_TOLERANCE` of the pooled spread at every one of `QUANTILES`, from
-   the lowest (where a frame's score is made) to the highest. Kept lines are recorded in model.json
-   (`lineage`); the agent accepts their profiles of the old model. The others must be recalibrated.
+4. Each old line gets a verdict: its calibration profiles still hold when the image scores of its replay grids
+   (whole images no fine-tuning saw) moved, on average, by less than `KEEP_TOLERANCE` of the spread of normal
+   image scores, in both scoring modes. Kept lines are recorded in model.json (`lineage`); the agent accepts
+   their profiles of the old model. The others, and lines whose sample holds no grids (saved before grids
+   were kept), must be recalibrated.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .errors import BadInputError, DataError
 from .model import HGAD
 from .model_dir import LoadedModel
 from .progress import Progress, quiet
-from .replay import Replay
+from .replay import Replay, concat
 from .replay import sample as sample_replay
 from .train import _lr_factor, _param_groups, class_balanced_draws, extract_features, fit_position_stats, vectors_at
 
@@ -47,14 +48,12 @@ FINE_TUNE_LR = 0.5  # of the recipe's learning rate
 DEFAULT_EPOCHS = 12  # over the new lines' images
 ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
 HOLD = 0.01  # weight of the flow's squared distance from the base's weights (summed over every weight)
-KEEP_TOLERANCE = 0.05  # of the pooled spread of normal log-likelihoods
-QUANTILES = (0.001, 0.01, 0.1, 0.5, 0.9, 0.99, 0.999)  # both tails of the replay vectors' log-likelihoods
+KEEP_TOLERANCE = 0.1  # of the spread of normal image scores (score_spread)
 PLACE_IMAGES, PLACE_POSITIONS = 32, 128  # the new lines' vectors the new centres are placed on
 # A line the base flow maps with more than this spread per latent dimension (a trained line's is about 1) stays
 # on its free axis: the flow has not learnt anything like it, and centres placed among such latents let the
 # fine-tuning expand them without bound.
 PLACE_MAX_SPREAD = 4.0
-HELD_OUT_EVERY = 4  # every 4th replay image of a line judges the verdict and is not anchored
 
 
 @dataclass
@@ -63,7 +62,7 @@ class AddReport:
     images: int
     seconds: float
     kept: list[str] = field(default_factory=list)  # old lines whose profiles still hold
-    moved: dict[str, float] = field(default_factory=dict)  # old line -> how far it moved (of the spread)
+    moved: dict[str, float] = field(default_factory=dict)  # old line -> how far its scores moved (of the spread)
     replay: Replay | None = field(default=None, repr=False)
     recipe: FineTune | None = None  # how the flow was fine-tuned (kept in model.json's training report)
 
@@ -149,19 +148,11 @@ def _raw_ll(model: HGAD, replay: Replay) -> torch.Tensor:
     return model.prior.score(z, bias).ll
 
 
-def _standardised(model: HGAD, replay: Replay, raw: torch.Tensor) -> torch.Tensor:
-    onehot = torch.nn.functional.one_hot(replay.lines, len(model.classes)).float()
-    return model.standardise_positions(raw, onehot, replay.positions)
-
-
 @torch.inference_mode()
-def correct_old_lines(base: HGAD, model: HGAD, replay: Replay, held_out: torch.Tensor) -> dict[str, float]:
-    """Move each old line's statistics with its log-likelihoods (an affine fit on its replay vectors, before and
-    after fine-tuning); returns how far each line's standardised values still moved, of the pooled spread,
-    measured on the `held_out` rows: replay images the fine-tuning's anchor never saw, so the verdict is not the
-    anchor's own fit."""
+def correct_old_lines(base: HGAD, model: HGAD, replay: Replay) -> None:
+    """Move each old line's statistics with its log-likelihoods: an affine fit on its replay vectors, before
+    and after fine-tuning."""
     before, after = _raw_ll(base, replay), _raw_ll(model, replay)
-    reference = _standardised(base, replay, before)
     for k in range(len(base.classes)):
         rows = replay.lines == k
         if not rows.any():
@@ -170,26 +161,48 @@ def correct_old_lines(base: HGAD, model: HGAD, replay: Replay, held_out: torch.T
         slope = float(((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum().clamp_min(1e-12))
         model.pos_mean[k] = (y.mean() + slope * (model.pos_mean[k].double() - x.mean())).float()
         model.pos_var[k] = (slope**2 * model.pos_var[k].double()).float()
-    now = _standardised(model, replay, after)  # with the corrected statistics
-    moved = {}
-    for k, line in enumerate(base.classes):
-        rows = (replay.lines == k) & held_out
-        if rows.any():
-            moved[line] = distribution_shift(reference[rows], now[rows], model.ll_spread)
-    return moved
 
 
-def distribution_shift(before: torch.Tensor, after: torch.Tensor, spread: torch.Tensor) -> float:
-    """The largest shift over `QUANTILES` of the same vectors' standardised log-likelihoods, before and after,
-    of the pooled `spread`. Both tails count: a frame's score is the highest of its smoothed map, made where
-    the log-likelihoods are lowest, and the smoothing mixes in their neighbours from the rest of the range.
-    It is conservative: in the two adds checked against recalibration on other normal images it named every old
-    line, half of them with thresholds that had stayed within calibration noise (docs/results.md, "Do the old
-    lines' profiles hold?")."""
-    q = torch.tensor(QUANTILES, dtype=torch.float64)
-    a, b = after.flatten().double(), before.flatten().double()
-    shift = (torch.quantile(a, q) - torch.quantile(b, q)).abs().max()
-    return round(float(shift / spread.double()), 4)
+@torch.inference_mode()
+def grid_scores(model: HGAD, grids: torch.Tensor, line: str, batch: int = 8) -> torch.Tensor:
+    """Image scores [G, 2] of whole standardised feature grids [G, C, h, w] of `line`: class-aware for it, and
+    class-agnostic (the two modes a profile may be calibrated in)."""
+    out = []
+    for i in range(0, grids.shape[0], batch):
+        x = grids[i : i + batch].float()
+        aware = model.forward_head(x, model.class_bias(line, x.shape[0]))[1]
+        agnostic = model.forward_head(x, model.class_bias(None, x.shape[0]))[1]
+        out.append(torch.stack([aware, agnostic], dim=1))
+    return torch.cat(out)
+
+
+def score_spread(scores: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """Per scoring mode [2], the spread of normal image scores within a line, pooled over lines (one line's
+    few grids give too rough an estimate of their own): the root mean of the lines' variances. None where no
+    line has two grids."""
+    var = [s.double().var(dim=0) for s in scores.values() if s.shape[0] > 1]
+    return torch.stack(var).mean(dim=0).sqrt() if var else None
+
+
+def score_shift(before: torch.Tensor, after: torch.Tensor, spread: torch.Tensor) -> float:
+    """How far the same images' scores [G, modes] moved, before and after: the mean change, of `spread` [modes],
+    the larger of the modes. A profile's threshold is a high quantile of normal scores, which moves with their
+    common shift; each image's own jitter averages out over a calibration set."""
+    shift = (after.double() - before.double()).mean(dim=0).abs() / spread.clamp_min(1e-12)
+    return round(float(shift.max()), 4)
+
+
+def judge_old_lines(base: HGAD, model: HGAD, replay: Replay) -> dict[str, float]:
+    """How far each old line's image scores moved (score_shift), for the lines with replay grids."""
+    grids = {line: g for k, line in enumerate(base.classes) if (g := replay.grids_of(k)) is not None}
+    if not grids:
+        return {}
+    before = {line: grid_scores(base, g, line) for line, g in grids.items()}
+    after = {line: grid_scores(model, g, line) for line, g in grids.items()}
+    spread = score_spread(before)
+    if spread is None:
+        return {}
+    return {line: score_shift(before[line], after[line], spread) for line in grids}
 
 
 @dataclass(frozen=True)
@@ -352,18 +365,14 @@ def add_lines_from_features(
     labels = torch.tensor([len(old) + new.index(line) for line in lines])
     if recipe.place:
         place_new_centres(model, features, labels, len(old), model.cfg.train.seed)
-    held_out = old_replay.every_nth_image(HELD_OUT_EVERY)
-    anchored = old_replay.rows(~held_out)
-    fine_tune(model, features, labels, anchored, Anchors.of(base, anchored), recipe, progress)
+    fine_tune(model, features, labels, old_replay, Anchors.of(base, old_replay), recipe, progress)
     fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
-    moved = correct_old_lines(base, model, old_replay, held_out)
+    correct_old_lines(base, model, old_replay)
+    moved = judge_old_lines(base, model, old_replay)
     kept = [line for line, shift in moved.items() if shift < KEEP_TOLERANCE]
     # The new lines' sample is shaped like the old lines' (the same positions per image), so the two stack.
     per_image = old_replay.positions.shape[1]
     grown = sample_replay(features, labels, model.classes, model.cfg.train.seed, positions=per_image)
-    combined = Replay(
-        torch.cat([old_replay.vectors, grown.vectors]), torch.cat([old_replay.positions, grown.positions]),
-        torch.cat([old_replay.lines, grown.lines]), model.classes,
-    )  # fmt: skip
+    combined = concat(old_replay, grown, model.classes)
     report = AddReport(list(new), len(lines), time.perf_counter() - t0, kept, moved, combined, recipe)
     return model, report

@@ -3,7 +3,9 @@ profiles carry over when its scores did not move, and the agent's profile check 
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -19,14 +21,18 @@ from hgad.add_lines import (
     _distance_out,
     add_lines,
     add_lines_from_features,
-    distribution_shift,
+    grid_scores,
     grow,
+    judge_old_lines,
     place_new_centres,
+    score_shift,
 )
 from hgad.config import ModelConfig, TrainConfig
 from hgad.data.datasets import load_split
 from hgad.model_dir import load_model, save_model
+from hgad.replay import GRIDS, Replay
 from hgad.replay import load as load_replay
+from hgad.replay import save as save_replay
 from hgad.train import extract_features, train
 
 from .conftest import EPOCHS, SIZE, hgad_cli
@@ -54,6 +60,10 @@ def test_the_replay_sample_is_kept_with_the_model_and_bounded(fabric_model):
     replay = load_replay(fabric_model)
     assert replay.classes == ("fabric",) and replay.vectors.dtype == torch.float16
     assert replay.vectors.shape[0] <= 16 and replay.vectors.shape[1] <= 128
+    # Whole grids of a few images for the verdict, the model's grid in size.
+    base = load_model(fabric_model).model
+    assert replay.grids.shape == (GRIDS, base.channels, base.side, base.side) and replay.grids.dtype == torch.float16
+    assert replay.grid_lines.tolist() == [0] * GRIDS
     assert (fabric_model / "replay.safetensors").stat().st_size < 2 * 2**20
 
 
@@ -172,17 +182,52 @@ def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, 
     assert load_model(tmp_path / "grown").meta["lineage"]["moved"] == report.moved
 
 
-def test_the_verdict_sees_either_tail_of_the_log_likelihoods_move():
-    """A frame's score is made where its log-likelihoods are lowest: a line whose least likely vectors fell has
-    moved, as has one whose most likely vectors rose; an unchanged one has not."""
-    ll = torch.randn(4, 512, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    low, high = ll.quantile(0.01), ll.quantile(0.99)
-    unit = torch.tensor(1.0)
-    assert distribution_shift(ll, ll.clone(), unit) == 0.0
-    assert distribution_shift(ll, torch.where(ll < low, ll - 1.0, ll), unit) > 0.5
-    assert distribution_shift(ll, torch.where(ll > high, ll + 1.0, ll), unit) > 0.5
-    assert distribution_shift(ll, ll + 0.01, unit) < KEEP_TOLERANCE
-    assert distribution_shift(ll, torch.where(ll < low, ll - 1.0, ll), torch.tensor(100.0)) < KEEP_TOLERANCE
+def test_the_verdict_counts_the_common_shift_of_the_image_scores():
+    """A profile's threshold is a high quantile of normal scores: it follows their common shift, while each
+    image's own jitter averages out. Of the two scoring modes the one that moved more decides."""
+    before = torch.tensor([[2.0, 3.0], [2.5, 3.5], [3.0, 4.0], [3.5, 4.5]])
+    unit = torch.tensor([1.0, 1.0])
+    assert score_shift(before, before.clone(), unit) == 0.0
+    assert score_shift(before, before + torch.tensor([0.0, 0.5]), unit) == pytest.approx(0.5)
+    assert score_shift(before, before - 0.3, torch.tensor([3.0, 1.0])) == pytest.approx(0.3)
+    jitter = torch.tensor([[0.4, 0.4], [-0.4, -0.4], [0.4, 0.4], [-0.4, -0.4]])
+    assert score_shift(before, before + jitter, unit) == 0.0
+
+
+def test_a_line_is_kept_when_its_grids_score_as_before(fabric_model):
+    """The verdict scores the replay's whole grids under both models: the same model keeps the line, a model
+    whose reference of normal moved (every score moves with it) names it, as one whose weights moved does."""
+    base = load_model(fabric_model).model
+    replay = load_replay(fabric_model)
+    assert judge_old_lines(base, copy.deepcopy(base), replay) == {"fabric": 0.0}
+    scores = grid_scores(base, replay.grids, "fabric")
+    spread = scores.double().std(dim=0)
+    moved_ref = copy.deepcopy(base)
+    moved_ref.ll_ref += float(spread.max())
+    assert judge_old_lines(base, moved_ref, replay)["fabric"] > 0.5
+    moved_flow = copy.deepcopy(base)
+    with torch.no_grad():
+        for p in moved_flow.flow.parameters():
+            p.mul_(1.5)
+    assert judge_old_lines(base, moved_flow, replay)["fabric"] > KEEP_TOLERANCE
+
+
+def test_a_sample_saved_without_grids_adds_lines_but_keeps_no_profile(fabric_model, tiny_data, tmp_path):
+    """A replay sample saved before grids were kept loads and rehearses as before; its old lines cannot be
+    judged, so none is kept and the command line says why they must be recalibrated. The grown model's sample
+    has grids of the new line."""
+    older = tmp_path / "older"
+    shutil.copytree(fabric_model, older)
+    full = load_replay(fabric_model)
+    save_replay(Replay(full.vectors, full.positions, full.lines, full.classes), older)
+    assert load_replay(older).grids is None and load_replay(older).vectors.shape == full.vectors.shape
+    r = hgad_cli("train", "--from", str(older), "--data", str(tiny_data), "--classes", "pcb",
+                 "--out", str(tmp_path / "grown"), "--epochs", "1")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "recalibrate fabric" in r.stdout and "no whole images of fabric" in r.stderr
+    lineage = load_model(tmp_path / "grown").meta["lineage"]
+    assert lineage["kept"] == [] and lineage["moved"] == {}
+    assert load_replay(tmp_path / "grown").grid_lines.tolist() == [1] * GRIDS  # pcb can be judged next time
 
 
 @pytest.mark.parametrize("kept", [["fabric"], []])
