@@ -182,16 +182,18 @@ def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, 
     assert load_model(tmp_path / "grown").meta["lineage"]["moved"] == report.moved
 
 
-def test_the_verdict_counts_the_common_shift_of_the_image_scores():
-    """A profile's threshold is a high quantile of normal scores: it follows their common shift, while each
-    image's own jitter averages out. Of the two scoring modes the one that moved more decides."""
+def test_the_verdict_counts_the_largest_move_of_any_image():
+    """A profile's threshold is an order statistic of normal scores: it moves with their common shift and with
+    their jitter, no further than the largest move of any one score. Of the two scoring modes the one that moved
+    more decides."""
     before = torch.tensor([[2.0, 3.0], [2.5, 3.5], [3.0, 4.0], [3.5, 4.5]])
     unit = torch.tensor([1.0, 1.0])
     assert score_shift(before, before.clone(), unit) == 0.0
     assert score_shift(before, before + torch.tensor([0.0, 0.5]), unit) == pytest.approx(0.5)
     assert score_shift(before, before - 0.3, torch.tensor([3.0, 1.0])) == pytest.approx(0.3)
-    jitter = torch.tensor([[0.4, 0.4], [-0.4, -0.4], [0.4, 0.4], [-0.4, -0.4]])
-    assert score_shift(before, before + jitter, unit) == 0.0
+    jitter = torch.tensor([[0.4, 0.0], [-0.4, 0.0], [0.4, 0.0], [-0.4, 0.0]])  # no common shift, yet moved
+    assert score_shift(before, before + jitter, unit) == pytest.approx(0.4)
+    assert score_shift(before, before + jitter, torch.tensor([100.0, 1.0])) < KEEP_TOLERANCE
 
 
 def test_a_line_is_kept_when_its_grids_score_as_before(fabric_model):
@@ -210,6 +212,20 @@ def test_a_line_is_kept_when_its_grids_score_as_before(fabric_model):
         for p in moved_flow.flow.parameters():
             p.mul_(1.5)
     assert judge_old_lines(base, moved_flow, replay)["fabric"] > KEEP_TOLERANCE
+
+
+def test_with_no_epochs_the_old_line_scores_as_before(fabric_model, pcb_raw):
+    """`--epochs 0`: the flow is not fine-tuned, so the old line's class-aware scores are the base's (its
+    statistics take up only the new mixture weight, a constant). Class-agnostic scores mix in the new line's
+    statistics where the posterior is unsure which line a position is, and the verdict says whether they did."""
+    base = load_model(fabric_model).model
+    replay = load_replay(fabric_model)
+    model, report = add_lines_from_features(base, pcb_raw, ["pcb"] * len(pcb_raw), replay, FineTune(epochs=0))
+    assert all(torch.equal(p, q) for p, q in zip(model.flow.parameters(), base.flow.parameters(), strict=True))
+    before, after = grid_scores(base, replay.grids, "fabric"), grid_scores(model, replay.grids, "fabric")
+    assert torch.allclose(after[:, 0], before[:, 0], atol=1e-5)
+    assert (report.kept == ["fabric"]) == (report.moved["fabric"] < KEEP_TOLERANCE)
+    assert not torch.equal(model.pos_mean[1], model.pos_mean[0])  # the new line's own statistics
 
 
 def test_a_sample_saved_without_grids_adds_lines_but_keeps_no_profile(fabric_model, tiny_data, tmp_path):
@@ -276,6 +292,9 @@ def test_the_hold_is_refused_where_it_means_nothing(fabric_model, tiny_data, tmp
     scratch = hgad_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "b"), "--hold", "0.1")
     assert scratch.returncode == 2 and "--hold applies only when adding lines" in scratch.stderr
     assert not (tmp_path / "b").exists()
+    no_epochs = hgad_cli("train", "--data", str(tiny_data), "--out", str(tmp_path / "c"), "--epochs", "0")
+    assert no_epochs.returncode == 2 and "--epochs 0 applies only when adding lines" in no_epochs.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_the_command_line_names_the_recipes_hold():
