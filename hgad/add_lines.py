@@ -272,8 +272,6 @@ def fine_tune(
     defects are mapped. In the prior loss the replay rows' latents are detached: there they only show the new
     lines' centres where the old lines lie; were the flow trained on them, it would fit the few stored vectors
     rather than their lines. The old lines' prior rows do not move."""
-    if recipe.epochs == 0:  # the flow stays the base's: only the new lines' centres and statistics are set
-        return
     cfg = model.cfg.train
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     k_old = len(replay.classes)
@@ -376,7 +374,8 @@ def add_lines_from_features(
     labels = torch.tensor([len(old) + new.index(line) for line in lines])
     if recipe.place:
         place_new_centres(model, features, labels, len(old), model.cfg.train.seed)
-    fine_tune(model, features, labels, old_replay, Anchors.of(base, old_replay), recipe, progress)
+    if recipe.epochs:  # with none the flow stays the base's: only the new lines' centres and statistics are set
+        fine_tune(model, features, labels, old_replay, Anchors.of(base, old_replay), recipe, progress)
     fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
     correct_old_lines(base, model, old_replay)
     moved = judge_old_lines(base, model, old_replay)
