@@ -94,16 +94,6 @@ def _positive(value: str) -> int:
     return v
 
 
-def _whole(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return v
-
-
 def _line(value: str) -> str:
     problem = valid_name(value)
     if problem:
@@ -227,8 +217,6 @@ def cmd_train(a: argparse.Namespace) -> int:
         return cmd_add_lines(a)
     if a.hold is not None:
         raise BadInputError("train: --hold applies only when adding lines to a trained model (--from MODEL)")
-    if a.epochs == 0:
-        raise BadInputError("train: --epochs 0 applies only when adding lines (--from MODEL); training needs 1 or more")
     from hgad.config import BackboneConfig, ModelConfig, PriorConfig, TrainConfig
     from hgad.data.datasets import load_split, select_classes
     from hgad.model_dir import save_model
@@ -490,12 +478,7 @@ def _train(sub, common) -> None:
         type=Path,
         help="add the lines of --classes to this trained model instead of training from scratch",
     )
-    t.add_argument(
-        "--epochs",
-        type=_whole,
-        help="training epochs (default: the recipe's, 12); with --from, passes over the new lines' images "
-        "(0: the flow stays as it is and the old lines' class-aware scores do not move)",
-    )
+    t.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
     t.add_argument(
         "--hold",
         type=_non_negative,

@@ -25,11 +25,9 @@
    the agent accepts their profiles of the old model. The others, and lines whose sample holds no grids (saved
    before grids were kept), must be recalibrated.
 
-With `epochs` 0 the flow is not fine-tuned: the old lines' class-aware scores stay as they were (their
-statistics take up the new mixture weights, a constant), and class-agnostic ones too wherever the posterior
-tells the new lines from the old; the verdict checks both. The new lines are scored by the flow as the old
-lines trained it, with centres and statistics of their own: enough for a variant of a line the model knows,
-not for a product unlike any of them.
+`epochs` 0 (the harness's, not the command's) leaves the flow as it is: the old lines' class-aware scores stay
+as they were, but the new lines are scored by a flow that never learnt them, and where one lies near an old
+line (a variant) the two lines' statistics mix in class-agnostic scoring and both fail (docs/results.md).
 """
 
 from __future__ import annotations
