@@ -81,9 +81,10 @@ def profiles_hold(base, grown, features: torch.Tensor, line: np.ndarray, lines: 
 
 
 def normal_features(cache_path: Path, root: Path, lines: list[str], size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Raw grid features of NORMALS' training images of `lines` (cached beside the cache) and each one's line."""
+    """Raw grid features of NORMALS' training images of `lines` (cached beside the cache, named by the lines as
+    the base is, so that another set of old lines is not read from this one's file) and each one's line."""
     samples = load_split(root, "train", lines)
-    path = cache_path.with_name(f"{cache_path.stem}.normals.pt")
+    path = cache_path.with_name(f"{cache_path.stem}.normals-{'-'.join(lines)}.pt")
     if not path.exists():
         torch.save(extract_features(build(lines, Run("hgad", 1, 0), size), [s.path for s in samples], CPU), path)
     return torch.load(path), np.array([s.class_name for s in samples])
