@@ -146,19 +146,20 @@ def _distance_out(start: torch.Tensor, axis: torch.Tensor, others: torch.Tensor,
     return float(t[ok[0, 0]]) if ok.numel() else float(t[-1])
 
 
-def _raw_ll(model: HGAD, replay: Replay) -> torch.Tensor:
-    """Raw log-likelihood of every replay vector under its own line's mixture: [N, P]."""
-    pos = model.pos.reshape(-1, model.pos.shape[-1])[replay.positions]
-    z, _ = model.flow(replay.vectors.float(), pos)
+def _raw_ll(model: HGAD, replay: Replay, z: torch.Tensor | None = None) -> torch.Tensor:
+    """Raw log-likelihood of every replay vector under its own line's mixture: [N, P]. `z`: the vectors'
+    latents under this model where they are at hand."""
+    if z is None:
+        z = model.latents(replay.vectors.float(), replay.positions)
     bias = torch.stack([model.class_bias(replay.classes[i], 1)[0] for i in replay.lines.tolist()])[:, None, :]
-    return model.prior.score(z, bias).ll
+    return model.score_latents(z, bias, raw=True)
 
 
 @torch.inference_mode()
-def correct_old_lines(base: HGAD, model: HGAD, replay: Replay) -> None:
+def correct_old_lines(base: HGAD, model: HGAD, replay: Replay, anchors: Anchors) -> None:
     """Move each old line's statistics with its log-likelihoods: an affine fit on its replay vectors, before
-    and after fine-tuning."""
-    before, after = _raw_ll(base, replay), _raw_ll(model, replay)
+    (their latents under the base flow: `anchors`) and after fine-tuning."""
+    before, after = _raw_ll(base, replay, anchors.z), _raw_ll(model, replay)
     for k in range(len(base.classes)):
         rows = replay.lines == k
         if not rows.any():
@@ -172,13 +173,13 @@ def correct_old_lines(base: HGAD, model: HGAD, replay: Replay) -> None:
 @torch.inference_mode()
 def grid_scores(model: HGAD, grids: torch.Tensor, line: str, batch: int = 8) -> torch.Tensor:
     """Image scores [G, 2] of whole standardised feature grids [G, C, h, w] of `line`: class-aware for it, and
-    class-agnostic (the two modes a profile may be calibrated in)."""
+    class-agnostic (the two modes a profile may be calibrated in), from one pass of the flow."""
     out = []
     for i in range(0, grids.shape[0], batch):
-        x = grids[i : i + batch].float()
-        aware = model.forward_head(x, model.class_bias(line, x.shape[0]))[1]
-        agnostic = model.forward_head(x, model.class_bias(None, x.shape[0]))[1]
-        out.append(torch.stack([aware, agnostic], dim=1))
+        z = model.latents(grids[i : i + batch].float().permute(0, 2, 3, 1))
+        modes = [model.class_bias(line, z.shape[0]), model.class_bias(None, z.shape[0])]
+        scores = [model.forward_map(model.score_latents(z, bias[:, None, None, :]))[1] for bias in modes]
+        out.append(torch.stack(scores, dim=1))
     return torch.cat(out)
 
 
@@ -372,10 +373,11 @@ def add_lines_from_features(
     labels = torch.tensor([len(old) + new.index(line) for line in lines])
     if recipe.place:
         place_new_centres(model, features, labels, len(old), model.cfg.train.seed)
+    anchors = Anchors.of(base, old_replay)
     if recipe.epochs:  # with none the flow stays the base's: only the new lines' centres and statistics are set
-        fine_tune(model, features, labels, old_replay, Anchors.of(base, old_replay), recipe, progress)
+        fine_tune(model, features, labels, old_replay, anchors, recipe, progress)
     fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
-    correct_old_lines(base, model, old_replay)
+    correct_old_lines(base, model, old_replay, anchors)
     moved = judge_old_lines(base, model, old_replay)
     kept = [line for line, shift in moved.items() if shift < KEEP_TOLERANCE]
     # The new lines' sample is shaped like the old lines' (the same positions per image), so the two stack.

@@ -196,6 +196,24 @@ def test_the_verdict_counts_the_largest_move_of_any_image():
     assert score_shift(before, before + jitter, torch.tensor([100.0, 1.0])) < KEEP_TOLERANCE
 
 
+def test_grid_scores_are_the_models_scores_in_both_modes(fabric_model, pcb_raw):
+    """The verdict scores both modes from one pass of the flow: each column is what the model's own scoring
+    path gives in that mode, on a one-line model and on a grown one (where the two modes differ)."""
+    base = load_model(fabric_model).model
+    replay = load_replay(fabric_model)
+    grown, _ = add_lines_from_features(base, pcb_raw, ["pcb"] * len(pcb_raw), replay, FineTune(epochs=1))
+    for model in (base, grown):
+        grids = replay.grids.float()
+        scores = grid_scores(model, replay.grids, "fabric", batch=3)  # a batch that does not divide the grids
+        with torch.inference_mode():
+            aware = model.forward_head(grids, model.class_bias("fabric", len(grids)))[1]
+            agnostic = model.forward_head(grids, model.class_bias(None, len(grids)))[1]
+        assert scores.shape == (len(grids), 2)
+        assert torch.allclose(scores[:, 0], aware, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(scores[:, 1], agnostic, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(scores[:, 0], scores[:, 1])
+
+
 def test_a_line_is_kept_when_its_grids_score_as_before(fabric_model):
     """The verdict scores the replay's whole grids under both models: the same model keeps the line, a model
     whose reference of normal moved (every score moves with it) names it, as one whose weights moved does."""
