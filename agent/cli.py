@@ -482,8 +482,9 @@ def _train(sub, common) -> None:
     t.add_argument(
         "--hold",
         type=_non_negative,
-        help="with --from: how hard the flow is held to the model's weights (default: the recipe's, 0.01; higher "
-        "keeps the old lines' scores closer, lower lets the new lines learn more, 0 holds only their stored vectors)",
+        help="with --from: how hard the flow is held to the model's weights (default: the recipe's, 0.0, which "
+        "holds the flow only on and around the old lines' stored vectors; higher keeps the old lines' scores closer "
+        "and lets the new lines learn less)",
     )
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")

@@ -9,11 +9,13 @@
    the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
    The loss is the recipe's prior loss plus an anchor that holds the replay rows' latents and log-determinants
    where the base flow put them (the old lines' scores are exactly those two terms), so the flow learns the new
-   lines where their features lie and leaves the old lines' region alone, plus a hold on the flow's weights
-   (their squared distance from the base's): the anchor keeps only the stored normal vectors in place, and the
-   old lines' defects, which no replay sample holds, are scored by the weights as a whole. The old lines'
-   centres, weights and scales do not move; the replay rows reach the prior loss only to keep the new centres
-   off the old lines.
+   lines where their features lie and leaves the old lines' region alone, plus the same anchor on points drawn
+   around the replay rows (Gaussian noise on them): the old lines' defects, which no replay sample holds, lie
+   off their normal vectors, and the flow must go on mapping that neighbourhood as the base did. A hold on the
+   flow's weights (their squared distance from the base's) is there too, off by default: holding every weight
+   keeps the flow from learning a new line that lies near an old one, where holding the neighbourhood does not
+   (docs/results.md, "Holding the old lines' neighbourhood"). The old lines' centres, weights and scales do not
+   move; the replay rows reach the prior loss only to keep the new centres off the old lines.
 3. The new lines' per-position statistics are fitted from their images. The old lines' are corrected for how
    far the flow moved them: an affine map of their log-likelihoods fitted on their replay vectors, before and
    after. The reference of normal and the pooled scale stay the model's, so scores keep their units.
@@ -53,7 +55,9 @@ from .train import _lr_factor, _param_groups, class_balanced_draws, extract_feat
 FINE_TUNE_LR = 0.5  # of the recipe's learning rate
 DEFAULT_EPOCHS = 12  # over the new lines' images
 ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
-HOLD = 0.01  # weight of the flow's squared distance from the base's weights (summed over every weight)
+HOLD = 0.0  # weight of the flow's squared distance from the base's weights (summed over every weight)
+NEAR = 1.0  # weight of the anchor on points around the replay rows
+NEAR_SCALE = 0.5  # their distance from the rows: Gaussian noise of this spread on the standardised features
 KEEP_TOLERANCE = 0.1  # of the spread of normal image scores (score_spread), for any one image
 PLACE_IMAGES, PLACE_POSITIONS = 32, 128  # the new lines' vectors the new centres are placed on
 # A line the base flow maps with more than this spread per latent dimension (a trained line's is about 1) stays
@@ -223,6 +227,8 @@ class FineTune:
     place: bool = True  # the new centres start where the base flow maps the new lines' features
     weight_decay: float | None = None  # of the flow's weights; None: the recipe's
     hold: float = HOLD  # weight of the flow's squared distance from the base's weights
+    near: float = NEAR  # weight of the anchor around the replay rows (the old lines' neighbourhood)
+    near_scale: float = NEAR_SCALE  # spread of the noise that draws those points, per feature channel
 
 
 @dataclass
@@ -252,6 +258,7 @@ def _freeze_old_rows(prior: nn.Module, k_old: int) -> list:
 
 
 def fine_tune(
+    base: HGAD,
     model: HGAD,
     features: torch.Tensor,
     labels: torch.Tensor,
@@ -266,9 +273,11 @@ def fine_tune(
     Loss: the recipe's prior loss over both, plus `anchor` x the mean squared move of the replay rows' latents
     and per-dimension log-determinants from the base flow's (`anchors`): an old line's log-likelihood is its
     latent's density plus its log-determinant, so holding both holds its scores, while the flow stays free
-    wherever the new lines' features lie; plus `hold` x the squared distance of the flow's weights from the
-    base's (their state when fine-tuning starts), which holds what no stored vector shows: how the old lines'
-    defects are mapped. In the prior loss the replay rows' latents are detached: there they only show the new
+    wherever the new lines' features lie; plus `near` x the same move of points drawn around the replay rows
+    (noise of spread `near_scale` on each channel, the base flow's outputs computed afresh), which holds what
+    no stored vector shows: how the old lines' defects, off their normal vectors, are mapped; plus `hold` x the
+    squared distance of the flow's weights from the base's (their state when fine-tuning starts). In the prior
+    loss the replay rows' latents are detached: there they only show the new
     lines' centres where the old lines lie; were the flow trained on them, it would fit the few stored vectors
     rather than their lines. The old lines' prior rows do not move."""
     cfg = model.cfg.train
@@ -296,11 +305,15 @@ def fine_tune(
             ys = torch.cat([y, replay.lines[rows][:, None].expand(-1, replay.positions.shape[1]).flatten()])
             zs, lds = torch.cat([z[:n], z[n:].detach()]), torch.cat([logdet[:n], logdet[n:].detach()])
             loss = model.prior.losses(zs, lds, ys, cfg, intra=True).total
-            drift = (z[n:] - anchors.z[rows].reshape(-1, channels)).pow(2).mean()
-            drift = drift + ((logdet[n:] - anchors.logdet[rows].flatten()) / channels).pow(2).mean()
-            loss = loss + recipe.anchor * drift
+            loss = loss + recipe.anchor * _drift(z[n:], logdet[n:], anchors.z[rows], anchors.logdet[rows])
             if recipe.hold:
                 loss = loss + recipe.hold * _squared_distance(model.flow, start)
+            if recipe.near:
+                xn = xr + recipe.near_scale * torch.randn(xr.shape, generator=gen)
+                with torch.no_grad():
+                    zb, ldb = base.flow(xn, pos_table[selr])
+                zn, ldn = model.flow(xn, pos_table[selr])
+                loss = loss + recipe.near * _drift(zn, ldn, zb, ldb)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * _lr_factor(step, steps, max(1, steps // 10))
             optimizer.zero_grad(set_to_none=True)
@@ -311,6 +324,13 @@ def fine_tune(
         for h in hooks:
             h.remove()
     model.eval()
+
+
+def _drift(z: torch.Tensor, logdet: torch.Tensor, z0: torch.Tensor, logdet0: torch.Tensor) -> torch.Tensor:
+    """The mean squared move of latents [N, C] and per-dimension log-determinants [N] from where the base flow
+    put them (z0, logdet0: the same rows, in any shape)."""
+    channels = z.shape[-1]
+    return (z - z0.reshape(-1, channels)).pow(2).mean() + ((logdet - logdet0.flatten()) / channels).pow(2).mean()
 
 
 def _squared_distance(module: nn.Module, start: list[torch.Tensor]) -> torch.Tensor:
@@ -375,7 +395,7 @@ def add_lines_from_features(
         place_new_centres(model, features, labels, len(old), model.cfg.train.seed)
     anchors = Anchors.of(base, old_replay)
     if recipe.epochs:  # with none the flow stays the base's: only the new lines' centres and statistics are set
-        fine_tune(model, features, labels, old_replay, anchors, recipe, progress)
+        fine_tune(base, model, features, labels, old_replay, anchors, recipe, progress)
     fit_position_stats(model, features, labels, torch.device(device), progress=progress, scale=False)
     correct_old_lines(base, model, old_replay, anchors)
     moved = judge_old_lines(base, model, old_replay)

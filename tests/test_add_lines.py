@@ -4,6 +4,7 @@ profiles carry over when its scores did not move, and the agent's profile check 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -131,7 +132,7 @@ def test_the_anchor_holds_the_old_lines_latents_and_their_centres(fabric_model, 
     before = Anchors.of(base.model, replay)
     moved = {}
     for anchor in (0.0, 10.0):
-        recipe = FineTune(3, 0.2, anchor, place=False)
+        recipe = FineTune(3, 0.2, anchor, place=False, near=0.0)
         model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
         moved[anchor] = float((Anchors.of(model, replay).z - before.z).pow(2).mean())
         assert torch.equal(model.prior.mu[0], base.model.prior.mu[0])
@@ -152,6 +153,24 @@ def test_the_hold_keeps_the_flow_near_the_base(fabric_model, pcb_raw):
         model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
         moved[hold] = float((torch.cat([p.detach().flatten() for p in model.flow.parameters()]) - start).norm())
     assert moved[10.0] < moved[1.0] < moved[0.0], moved
+
+
+def test_the_neighbourhood_anchor_holds_the_flow_around_the_old_lines_vectors(fabric_model, pcb_raw):
+    """Points around the replay rows (where an old line's defects lie, off its normal vectors) keep their base
+    latents the better the stronger the neighbourhood anchor: measured on points the fine-tuning never drew
+    (another seed's noise), with the weights' hold off so that only this anchor holds them there."""
+    base = load_model(fabric_model)
+    replay = load_replay(fabric_model)
+    gen = torch.Generator().manual_seed(1234)
+    noise = FineTune.near_scale * torch.randn(replay.vectors.shape, generator=gen)
+    noisy = dataclasses.replace(replay, vectors=replay.vectors.float() + noise)
+    before = Anchors.of(base.model, noisy)
+    moved = {}
+    for near in (0.0, 10.0):
+        recipe = FineTune(3, 0.2, 1.0, place=False, hold=0.0, near=near)
+        model, _ = add_lines_from_features(base.model, pcb_raw, ["pcb"] * len(pcb_raw), replay, recipe)
+        moved[near] = float((Anchors.of(model, noisy).z - before.z).pow(2).mean())
+    assert moved[10.0] < 0.5 * moved[0.0], moved
 
 
 def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, tiny_data, tmp_path):
