@@ -306,14 +306,7 @@ def fine_tune(
             zs, lds = torch.cat([z[:n], z[n:].detach()]), torch.cat([logdet[:n], logdet[n:].detach()])
             loss = model.prior.losses(zs, lds, ys, cfg, intra=True).total
             loss = loss + recipe.anchor * _drift(z[n:], logdet[n:], anchors.z[rows], anchors.logdet[rows])
-            if recipe.hold:
-                loss = loss + recipe.hold * _squared_distance(model.flow, start)
-            if recipe.near:
-                xn = xr + recipe.near_scale * torch.randn(xr.shape, generator=gen)
-                with torch.no_grad():
-                    zb, ldb = base.flow(xn, pos_table[selr])
-                zn, ldn = model.flow(xn, pos_table[selr])
-                loss = loss + recipe.near * _drift(zn, ldn, zb, ldb)
+            loss = loss + _holds(base.flow, model.flow, xr, pos_table[selr], recipe, start, gen)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * _lr_factor(step, steps, max(1, steps // 10))
             optimizer.zero_grad(set_to_none=True)
@@ -324,6 +317,21 @@ def fine_tune(
         for h in hooks:
             h.remove()
     model.eval()
+
+
+def _holds(base: nn.Module, flow: nn.Module, xr, pos, recipe: FineTune, start: list, gen) -> torch.Tensor:
+    """The loss terms that hold the flow where the old lines need it beyond their stored vectors: the anchor on
+    points around the replay rows `xr` [N, C] at positions with encodings `pos`, and the weights' hold."""
+    loss = torch.zeros(())
+    if recipe.hold:
+        loss = loss + recipe.hold * _squared_distance(flow, start)
+    if recipe.near:
+        xn = xr + recipe.near_scale * torch.randn(xr.shape, generator=gen)
+        with torch.no_grad():
+            zb, ldb = base(xn, pos)
+        zn, ldn = flow(xn, pos)
+        loss = loss + recipe.near * _drift(zn, ldn, zb, ldb)
+    return loss
 
 
 def _drift(z: torch.Tensor, logdet: torch.Tensor, z0: torch.Tensor, logdet0: torch.Tensor) -> torch.Tensor:
