@@ -277,9 +277,9 @@ def fine_tune(
     (noise of spread `near_scale` on each channel, the base flow's outputs computed afresh), which holds what
     no stored vector shows: how the old lines' defects, off their normal vectors, are mapped; plus `hold` x the
     squared distance of the flow's weights from the base's (their state when fine-tuning starts). In the prior
-    loss the replay rows' latents are detached: there they only show the new
-    lines' centres where the old lines lie; were the flow trained on them, it would fit the few stored vectors
-    rather than their lines. The old lines' prior rows do not move."""
+    loss the replay rows' latents are detached: there they only show the new lines' centres where the old lines
+    lie; were the flow trained on them, it would fit the few stored vectors rather than their lines. The old
+    lines' prior rows do not move."""
     cfg = model.cfg.train
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     k_old = len(replay.classes)
