@@ -292,7 +292,7 @@ def fine_tune(
     new_draws = class_balanced_draws(labels, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
     old_draws = class_balanced_draws(replay.lines, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
     channels = model.channels
-    start = [p.detach().clone() for p in model.flow.parameters()]
+    start = [p.detach().clone() for p in model.flow.parameters()] if recipe.hold else []  # the hold's origin
     model.train()
     try:
         for step in progress(range(steps), total=steps, desc="add lines"):
