@@ -324,6 +324,10 @@ class Supervisor:
             return False
         a.writer.flush()
         if a.store.outbox_depth() == 0 and a.link.inflight() == 0:
+            # The run's last events are held to the storage limits before it ends, not left to a periodic
+            # retention pass that a short recording finishes before.
+            a.writer.submit(a.store.retention)
+            a.writer.flush()
             a.stop_reason = "recordings finished"
             return True
         return False
