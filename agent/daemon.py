@@ -308,8 +308,7 @@ class Supervisor:
                 a.prometheus.update(message)
             self.last_stats = now
         if now - self.last_retention >= a.cfg.storage.retention_interval_s:
-            a.writer.submit(a.store.retention)
-            a.writer.submit(a.feedback.retention)
+            self._retention()
             self.last_retention = now
         if a.reload_event.is_set():
             a.reload_event.clear()
@@ -318,15 +317,20 @@ class Supervisor:
             a.notifier.ready("running (profiles reloaded)")
         return a.exit_when_done and self._recordings_done()
 
+    def _retention(self) -> None:
+        """Events and heatmaps, then feedback samples, held to their limits (on the writer, after what it holds)."""
+        self.agent.writer.submit(self.agent.store.retention)
+        self.agent.writer.submit(self.agent.feedback.retention)
+
     def _recordings_done(self) -> bool:
         a = self.agent
         if not (a.pipeline.idle and a.pipeline.tasks.empty()):
             return False
         a.writer.flush()
         if a.store.outbox_depth() == 0 and a.link.inflight() == 0:
-            # The run's last events are held to the storage limits before it ends, not left to a periodic
-            # retention pass that a short recording finishes before.
-            a.writer.submit(a.store.retention)
+            # The run's last events and samples are held to the storage limits before it ends, not left to a
+            # periodic retention pass that a short recording finishes before.
+            self._retention()
             a.writer.flush()
             a.stop_reason = "recordings finished"
             return True
