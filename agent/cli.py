@@ -201,7 +201,7 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
     print(
         f"model {model_id} saved to {a.out} ({len(model.classes)} lines, {report.seconds:.0f} s); profiles of "
         f"{', '.join(report.kept) or 'no old line'} still hold"
-        + (f"; recalibrate {', '.join(recalibrate)}" if recalibrate else "")
+        + (f"; recalibrate {', '.join(recalibrate)} (hgad-edge recalibrate --model {a.out})" if recalibrate else "")
     )
     if unjudged:
         print(
@@ -285,7 +285,6 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_calibrate(a: argparse.Namespace) -> int:
     from calibration.calibrate import calibrate_folder, resolve_mode, unknown_line_warning
     from calibration.db import open_database
-    from calibration.report import write_report
     from calibration.store import ProfileStore
     from hgad.model_dir import load_model
     from hgad.progress import bar
@@ -311,12 +310,8 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
         loaded, backend, a.line, a.images, a.far, mode, a.confidence, anomalies=a.anomalies, progress=bar
     )
     store = ProfileStore(open_database(a.db))
-    previous = store.active(a.line)
-    result.profile = p = store.save(result.profile, activate=True)
-    report_dir = a.report or paths.reports(a.db) / a.line / f"v{p.version}"
-    data = write_report(report_dir, result)
-    if previous is not None:
-        data["superseded"] = {k: getattr(previous, k) for k in ("calibration_id", "version", "model_id")}
+    data, report_dir = _store_calibration(store, result, a.db, a.report)
+    p = result.profile
     print(
         f"line {p.line}: calibration {p.calibration_id} v{p.version} active; threshold {p.threshold:.6g} "
         f"for far {p.far:g} ({p.method_detail}); n={p.n}, realised far <= {p.far_bound or float('nan'):.4f} "
@@ -327,6 +322,82 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     print(f"report: {report_dir}")
     _write_json(a.json, data)
     return EXIT_OK
+
+
+def _store_calibration(store, result, db: Path, report: Path | None = None) -> tuple[dict, Path]:
+    """Store a calibration as its line's active profile (the one it supersedes stays, inactive) and write its
+    report (default: reports/LINE/vN next to the database); its summary and the report's folder."""
+    from calibration.report import write_report
+
+    previous = store.active(result.profile.line)
+    result.profile = p = store.save(result.profile, activate=True)
+    report_dir = report or paths.reports(db) / p.line / f"v{p.version}"
+    data = write_report(report_dir, result)
+    if previous is not None:
+        data["superseded"] = {k: getattr(previous, k) for k in ("calibration_id", "version", "model_id")}
+    return data, report_dir
+
+
+def cmd_recalibrate(a: argparse.Namespace) -> int:
+    from calibration.calibrate import calibrate_folder
+    from calibration.db import open_database
+    from calibration.recalibrate import LEFT, REDO, plan
+    from calibration.store import ProfileStore
+    from hgad.model_dir import load_model
+    from hgad.progress import bar
+    from hgad.runtime.torch_backend import TorchBackend
+
+    _output_file(a.json, "--json")
+    if not a.db.is_file():
+        raise BadInputError(f"--db: {a.db} does not exist; no line has been calibrated there (hgad-edge calibrate)")
+    store = ProfileStore(open_database(a.db))
+    loaded = load_model(a.model)
+    steps = plan(loaded, store, a.lines)
+    backend, done, left, out = None, [], [], {}
+    for step in steps:
+        entry: dict = {"action": step.action}
+        if step.profile is not None:
+            entry["was"] = {k: getattr(step.profile, k) for k in ("calibration_id", "version", "model_id")}
+        if step.action == REDO and not a.dry_run:
+            p = step.profile
+            backend = backend or TorchBackend(loaded, a.device)
+            try:
+                result = calibrate_folder(
+                    loaded, backend, step.line, step.folder, p.far, p.mode, p.confidence, p.pixel_far, progress=bar
+                )
+            except HgadError as exc:  # this line's folder no longer serves; the others still can
+                entry |= {"action": LEFT, "why": str(exc)}
+                left.append(step.line)
+                print(f"warning: line {step.line}: {exc}", file=sys.stderr)
+            else:
+                _, report_dir = _store_calibration(store, result, a.db)
+                new = result.profile
+                entry["now"] = {k: getattr(new, k) for k in ("calibration_id", "version", "threshold", "n")}
+                entry["now"]["report"] = str(report_dir)
+                changed = "" if new.images_hash == p.images_hash else f"; its images changed since (n {p.n} -> {new.n})"
+                print(
+                    f"line {new.line}: calibration {new.calibration_id} v{new.version} active; threshold "
+                    f"{new.threshold:.6g} (was {p.threshold:.6g}) for far {new.far:g}, {new.mode}, from "
+                    f"{step.folder}{changed}; report: {report_dir}"
+                )
+                done.append(step.line)
+        elif step.action == LEFT:
+            entry["why"] = step.why
+            left.append(step.line)
+            print(f"warning: {step.describe()}", file=sys.stderr)
+        else:
+            entry["why"] = step.why
+            print(step.describe())
+        out[step.line] = entry
+    verb = "would recalibrate" if a.dry_run else "recalibrated"
+    redo = [s.line for s in steps if s.action == REDO] if a.dry_run else done
+    print(
+        f"model {loaded.model_id}: {verb} {len(redo)} line(s)"
+        + (f" ({', '.join(redo)})" if redo else "")
+        + (f"; left for you: {', '.join(left)}" if left else "")
+    )
+    _write_json(a.json, {"model_id": loaded.model_id, "dry_run": a.dry_run, "lines": out})
+    return EXIT_FAILURE if left else EXIT_OK
 
 
 def _calibration_frames(folder: Path | None, size: int):
@@ -526,6 +597,26 @@ def _calibrate(sub, common) -> None:
     c.set_defaults(func=cmd_calibrate)
 
 
+def _recalibrate(sub, common) -> None:
+    r = sub.add_parser(
+        "recalibrate",
+        parents=[common],
+        formatter_class=Help,
+        help="calibrate again, for a new model, every line calibrated from a folder",
+        description="For a new model (after train --from or a retraining): every line whose active profile belongs "
+        "to another model is calibrated again from the folder of normal images it was made from, with the same "
+        "false-alarm rate, scoring mode and confidence. Lines calibrated live, or whose folder is gone, are named "
+        "(exit code 1).",
+    )
+    r.add_argument("--model", type=Path, required=True, help="the new model's directory")
+    r.add_argument("--lines", type=_csv, help="only these lines (default: every calibrated line and the model's)")
+    r.add_argument("--db", type=Path, default=paths.database(), help="the agent's SQLite file")
+    r.add_argument("--dry-run", action="store_true", help="say what would be done, change nothing")
+    r.add_argument("--json", type=Path, help="write what was done, per line, as JSON")
+    r.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    r.set_defaults(func=cmd_recalibrate)
+
+
 def _export(sub, common) -> None:
     x = sub.add_parser("export", parents=[common], formatter_class=Help, help="compile the model for deployment")
     x.add_argument("--model", type=Path, required=True, help="model directory")
@@ -600,7 +691,7 @@ def build_parser() -> Parser:
     )
     p.add_argument("--version", action="version", version=f"hgad-edge {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
-    for add in (_synth, _train, _eval, _calibrate, _export, _bench, _run_and_demo):
+    for add in (_synth, _train, _eval, _calibrate, _recalibrate, _export, _bench, _run_and_demo):
         add(sub, common)
     return p
 
