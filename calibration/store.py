@@ -130,7 +130,8 @@ class ProfileStore:
         if prof.model_id != model_id and prof.model_id not in also:
             raise ProfileMismatchError(
                 f"line {line!r}: the active calibration {prof.calibration_id} (version {prof.version}) belongs "
-                f"to model {prof.model_id}, not to the loaded model {model_id}; recalibrate the line"
+                f"to model {prof.model_id}, not to the loaded model {model_id}; recalibrate the line (from the "
+                f"folder it was calibrated from: hgad-edge recalibrate --model MODEL_DIR --lines {line})"
             )
         return prof
 
