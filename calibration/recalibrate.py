@@ -17,6 +17,7 @@ from pathlib import Path
 from hgad.errors import BadInputError
 from hgad.model_dir import LoadedModel
 
+from .calibrate import resolve_mode
 from .profile import Profile
 from .store import ProfileStore
 
@@ -46,11 +47,6 @@ class Step:
         return f"line {self.line}: {self.why}"
 
 
-def source_folder(profile: Profile) -> Path | None:
-    kind, _, where = profile.source.partition(":")
-    return Path(where) if kind == "folder" and where else None
-
-
 def plan(loaded: LoadedModel, store: ProfileStore, lines: Sequence[str] | None = None) -> list[Step]:
     """One step per line: the lines named, else every line with an active profile and every line of the
     model (those of the model without a profile are listed as NEW, e.g. the lines just added)."""
@@ -71,14 +67,19 @@ def _step(loaded: LoadedModel, line: str, prof: Profile | None) -> Step:
         return Step(line, NEW, None, why=f"no profile yet; run: {calibrate}")
     if prof.model_id in loaded.profile_models(line):
         return Step(line, HOLDS, prof)
-    if prof.mode == "class-aware" and line not in loaded.model.classes:
+    try:
+        resolve_mode(loaded.model.classes, line, prof.mode)  # calibrate's own rule for a mode and a line
+    except BadInputError:
         return Step(line, LEFT, prof, why=f"calibrated class-aware, and the model has no line {line}: {calibrate}")
-    folder = source_folder(prof)
-    if folder is None:
-        camera = prof.source.partition(":")[2] or "its camera"
+    kind, _, where = prof.source.partition(":")  # "folder:PATH" or "live:CAMERA"
+    if kind != "folder" or not where:
         return Step(
-            line, LEFT, prof, why=f"calibrated live on {camera}: recalibrate it there (console or calibrate/set)"
+            line,
+            LEFT,
+            prof,
+            why=f"calibrated live on {where or 'its camera'}: recalibrate it there (console or calibrate/set)",
         )
+    folder = Path(where)
     if not folder.is_dir():
         return Step(line, LEFT, prof, why=f"{folder}, the folder it was calibrated from, is gone: {calibrate}")
     return Step(line, REDO, prof, folder=folder)

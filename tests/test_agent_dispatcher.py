@@ -29,14 +29,16 @@ from calibration.threshold import choose_threshold
 from .conftest import write_video
 
 
-def save_profile(store: ProfileStore, model_id: str, line: str, seed: int = 0):
+def save_profile(
+    store: ProfileStore, model_id: str, line: str, seed: int = 0, source: str = "test", mode: str = "class-aware"
+):
     """A real profile of `line` from 60 normal scores (the images behind them do not matter here)."""
     scores = np.random.default_rng(seed).normal(1.0, 0.1, 60)
     profile = build_profile(
         model_id=model_id,
         line=line,
-        mode="class-aware",
-        source="test",
+        mode=mode,
+        source=source,
         threshold=choose_threshold(scores, 0.05),
         scores=scores,
         normal_maps=np.random.default_rng(seed).random((4, 8, 8)),

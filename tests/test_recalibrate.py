@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
 from calibration.db import open_database
-from calibration.profile import build_profile
+from calibration.recalibrate import LEFT, plan
 from calibration.store import ProfileStore
-from calibration.threshold import choose_threshold
 from hgad.model_dir import load_model, save_model
 
 from .conftest import hgad_cli
+from .test_agent_dispatcher import save_profile
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +36,8 @@ def _folder(tiny_data, line, dest):
     return dest
 
 
-def _live_profile(model_id: str, line: str):
-    scores = np.random.default_rng(0).normal(1.0, 0.1, 60)
-    return build_profile(
-        model_id=model_id, line=line, mode="class-agnostic", source="live:cam3",
-        threshold=choose_threshold(scores, 0.05), scores=scores, normal_maps=np.zeros((4, 8, 8)), pixel_far=0.001,
-        images_hash="x", image_shape=(128, 128, 3), model_normalisation={},
-    )  # fmt: skip
+def _live_profile(db, model_id: str, line: str) -> None:
+    save_profile(ProfileStore(open_database(db)), model_id, line, source="live:cam3", mode="class-agnostic")
 
 
 def _active(db):
@@ -59,7 +53,7 @@ def test_lines_calibrated_from_folders_are_redone_with_their_settings(tiny_model
         r = hgad_cli("calibrate", "--model", model, "--line", line, "--images", str(folder), "--far", "0.05",
                      "--db", str(db), *extra)  # fmt: skip
         assert r.returncode == 0, r.stderr
-    ProfileStore(open_database(db)).save(_live_profile(tiny_model.model_id, "wood"))
+    _live_profile(db, tiny_model.model_id, "wood")
     shutil.rmtree(pcb)  # pcb's images are gone: it cannot be redone from them
     before = _active(db)
 
@@ -112,9 +106,16 @@ def test_bad_input_is_one_line(tiny_model, tmp_path):
     assert missing.returncode == 2 and "does not exist; no line has been calibrated there" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     db = tmp_path / "db.sqlite"
-    ProfileStore(open_database(db)).save(_live_profile(tiny_model.model_id, "wood"))
+    _live_profile(db, tiny_model.model_id, "wood")
     typo = hgad_cli("recalibrate", "--model", str(tiny_model.path), "--db", str(db), "--lines", "fabrc")
     assert typo.returncode == 2
     assert "--lines: fabrc neither a line of the model (fabric, pcb) nor calibrated in this database (wood)" in (
         typo.stderr
     )
+
+
+def test_a_class_aware_profile_of_a_line_the_model_lacks_is_left(tiny_model, tmp_path):
+    store = ProfileStore(open_database(tmp_path / "db.sqlite"))
+    save_profile(store, "an-older-model", "wood", source=f"folder:{tmp_path}", mode="class-aware")
+    (step,) = plan(tiny_model, store, ["wood"])
+    assert step.action == LEFT and "calibrated class-aware, and the model has no line wood" in step.why
