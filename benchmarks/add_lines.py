@@ -1,7 +1,7 @@
 """Adding lines to a trained model against training on every line from scratch, on cached features.
 
     python -m benchmarks.add_lines DATA CACHE.pt --add motorcycle,grass [--lines a,b,...] [--epochs 12]
-        [--lr-factor 0.5] [--anchor 1.0] [--weight-decay W] [--no-place] [--replay-images 16]
+        [--lr-factor 0.5] [--anchor 1.0] [--weight-decay W] [--batch-images 2] [--no-place] [--replay-images 16]
         [--replay-positions 128] [--seed 0] [--image-size 768] [--scratch] [--normals NORMALS]
 
 The recipe is trained on the other lines (the base), the `--add` lines are then added with `add_lines` (the
@@ -121,6 +121,7 @@ def main() -> None:
     ap.add_argument("--hold", type=float, default=FineTune.hold, help="weight of the flow's distance from the base")
     ap.add_argument("--near", type=float, default=FineTune.near, help="weight of the anchor around the replay")
     ap.add_argument("--near-scale", type=float, default=FineTune.near_scale, help="spread of the noise drawing it")
+    ap.add_argument("--batch-images", type=int, default=FineTune.batch_images, help="new-line images per step")
     ap.add_argument("--no-place", action="store_true", help="new centres on free axes, not at the new latents")
     ap.add_argument("--seed", type=int, default=0, help="the add's own seed (the base is trained with seed 0)")
     ap.add_argument("--image-size", type=int, default=768)
@@ -144,14 +145,15 @@ def main() -> None:
     new_lines = [s.class_name for s in train if s.class_name in added]
     recipe = FineTune(
         epochs=a.epochs, lr_factor=a.lr_factor, anchor=a.anchor, place=not a.no_place,
-        weight_decay=a.weight_decay, hold=a.hold, near=a.near, near_scale=a.near_scale,
+        weight_decay=a.weight_decay, hold=a.hold, near=a.near, near_scale=a.near_scale, batch_images=a.batch_images,
     )  # fmt: skip
     grown, report = add_lines_from_features(base, cache["train"][is_new], new_lines, replay, recipe)
     t2 = time.perf_counter()
     result = {
         "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
         "weight_decay": a.weight_decay, "hold": a.hold, "near": a.near, "near_scale": a.near_scale,
-        "seed": a.seed, "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
+        "batch_images": a.batch_images, "seed": a.seed, "replay": [a.replay_images, a.replay_positions],
+        "image_size": a.image_size,
         "base_minutes": round((t1 - t0) / 60, 1), "add_minutes": round((t2 - t1) / 60, 1),
         "kept": report.kept, "moved": report.moved,
         "replay_mb": round(report.replay.nbytes / 2**20, 2),

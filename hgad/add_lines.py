@@ -5,8 +5,8 @@
    free axis as far as the old centres' spacing needs; the intra-line centres on latents drawn from them), so
    the flow need not carry them across latent space. The backbone and the feature
    standardisation stay as they are (the old lines' features must not move).
-2. The flow and the new lines' prior rows are fine-tuned: each batch holds new-line images and as many rows of
-   the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
+2. The flow and the new lines' prior rows are fine-tuned: each step holds two new-line images and as many rows
+   of the old lines' replay sample (replay.py: a bounded sample of their training features, kept with the model).
    The loss is the recipe's prior loss plus an anchor that holds the replay rows' latents and log-determinants
    where the base flow put them (the old lines' scores are exactly those two terms), so the flow learns the new
    lines where their features lie and leaves the old lines' region alone, plus the same anchor on points drawn
@@ -54,6 +54,10 @@ from .train import _lr_factor, _param_groups, class_balanced_draws, extract_feat
 
 FINE_TUNE_LR = 0.5  # of the recipe's learning rate
 DEFAULT_EPOCHS = 12  # over the new lines' images
+# New-line images per step (and as many replay rows): a quarter of the recipe's batch, so four times the steps
+# for the same passes over the images. A new line is learnt in optimizer steps more than in images seen; the old
+# lines lose a little more for it (docs/results.md, "Smaller steps, more of them").
+BATCH_IMAGES = 2
 ANCHOR = 1.0  # weight of the old lines' latent anchor in the fine-tuning loss
 HOLD = 0.0  # weight of the flow's squared distance from the base's weights (summed over every weight)
 NEAR = 1.0  # weight of the anchor on points around the replay rows
@@ -229,6 +233,7 @@ class FineTune:
     hold: float = HOLD  # weight of the flow's squared distance from the base's weights
     near: float = NEAR  # weight of the anchor around the replay rows (the old lines' neighbourhood)
     near_scale: float = NEAR_SCALE  # spread of the noise that draws those points, per feature channel
+    batch_images: int = BATCH_IMAGES  # new-line images per step, and as many replay rows
 
 
 @dataclass
@@ -268,7 +273,7 @@ def fine_tune(
     progress: Progress,
 ):
     """The flow and the new lines' prior on the new lines' cached features [N, C, h, w] (labels index the grown
-    model's lines), each batch `batch_images` new-line images and as many rows of the old lines' replay.
+    model's lines), each step `recipe.batch_images` new-line images and as many rows of the old lines' replay.
 
     Loss: the recipe's prior loss over both, plus `anchor` x the mean squared move of the replay rows' latents
     and per-dimension log-determinants from the base flow's (`anchors`): an old line's log-likelihood is its
@@ -283,22 +288,22 @@ def fine_tune(
     cfg = model.cfg.train
     gen = torch.Generator().manual_seed(cfg.seed + 11)
     k_old = len(replay.classes)
-    steps = max(1, math.ceil(labels.numel() / cfg.batch_images)) * recipe.epochs
+    batch = recipe.batch_images
+    steps = max(1, math.ceil(labels.numel() / batch)) * recipe.epochs
     lr = cfg.lr * recipe.lr_factor
     decay = cfg.weight_decay if recipe.weight_decay is None else recipe.weight_decay
     optimizer = torch.optim.Adam(_param_groups(model, lr, decay), betas=cfg.betas)
     pos_table = model.pos.reshape(-1, model.cfg.flow.pos_dim)
     hooks = _freeze_old_rows(model.prior, k_old)
-    new_draws = class_balanced_draws(labels, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
-    old_draws = class_balanced_draws(replay.lines, steps * cfg.batch_images, gen).view(steps, cfg.batch_images)
-    channels = model.channels
+    new_draws = class_balanced_draws(labels, steps * batch, gen).view(steps, batch)
+    old_draws = class_balanced_draws(replay.lines, steps * batch, gen).view(steps, batch)
     start = [p.detach().clone() for p in model.flow.parameters()] if recipe.hold else []  # the hold's origin
     model.train()
     try:
         for step in progress(range(steps), total=steps, desc="add lines"):
             x, sel, y = _new_batch(features, labels, new_draws[step], model.side, cfg.positions_per_image, gen)
             rows = old_draws[step]
-            xr = replay.vectors[rows].float().reshape(-1, channels)
+            xr = replay.vectors[rows].float().reshape(-1, model.channels)
             selr = replay.positions[rows].flatten()
             z, logdet = model.flow(torch.cat([x, xr]), pos_table[torch.cat([sel, selr])])
             n = x.shape[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shutil
 
 import numpy as np
@@ -199,6 +200,25 @@ def test_adding_a_line_learns_it_and_keeps_the_old_lines_profiles(fabric_model, 
     save_model(model, tmp_path / "grown", report.to_dict(), report.replay, lineage=lineage)
     assert load_replay(tmp_path / "grown").classes == ("fabric", "pcb")
     assert load_model(tmp_path / "grown").meta["lineage"]["moved"] == report.moved
+
+
+def test_the_fine_tuning_takes_its_own_batch_of_new_images_per_step(fabric_model, pcb_raw):
+    """A step holds `batch_images` new-line images (and as many replay rows), not the recipe's training batch:
+    the same passes over the new images in more, smaller steps."""
+    base, replay = load_model(fabric_model).model, load_replay(fabric_model)
+    n = len(pcb_raw)
+    steps: dict[int, int | None] = {}
+    for batch in (2, 3):
+
+        def counting(iterable, *, total=None, desc="", batch=batch):
+            if desc == "add lines":
+                steps[batch] = total
+            return iterable
+
+        recipe = FineTune(epochs=2, batch_images=batch)
+        add_lines_from_features(base, pcb_raw, ["pcb"] * n, replay, recipe, progress=counting)
+    assert steps == {b: math.ceil(n / b) * 2 for b in (2, 3)}, steps
+    assert FineTune().batch_images < base.cfg.train.batch_images
 
 
 def test_the_verdict_counts_the_largest_move_of_any_image():
