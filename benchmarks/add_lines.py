@@ -150,10 +150,8 @@ def main() -> None:
     grown, report = add_lines_from_features(base, cache["train"][is_new], new_lines, replay, recipe)
     t2 = time.perf_counter()
     result = {
-        "added": added, "epochs": a.epochs, "lr_factor": a.lr_factor, "anchor": a.anchor, "place": not a.no_place,
-        "weight_decay": a.weight_decay, "hold": a.hold, "near": a.near, "near_scale": a.near_scale,
-        "batch_images": a.batch_images, "seed": a.seed, "replay": [a.replay_images, a.replay_positions],
-        "image_size": a.image_size,
+        "added": added, **dataclasses.asdict(recipe),  # the fine-tuning's settings, as model.json records them
+        "seed": a.seed, "replay": [a.replay_images, a.replay_positions], "image_size": a.image_size,
         "base_minutes": round((t1 - t0) / 60, 1), "add_minutes": round((t2 - t1) / 60, 1),
         "kept": report.kept, "moved": report.moved,
         "replay_mb": round(report.replay.nbytes / 2**20, 2),
