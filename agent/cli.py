@@ -170,8 +170,8 @@ def cmd_synth(a: argparse.Namespace) -> int:
 
 
 def cmd_add_lines(a: argparse.Namespace) -> int:
-    """`train --from`: the lines of --classes added to a trained model."""
-    from hgad.add_lines import FineTune, add_lines
+    """`train --from`: the lines of --classes added to a trained model, as a group of their own."""
+    from hgad.add_lines import add_lines
     from hgad.data.datasets import load_split, select_classes
     from hgad.model_dir import load_model, save_model
     from hgad.progress import bar
@@ -190,23 +190,29 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
         )
     samples = load_split(a.data, "train", new)
     print(f"adding {', '.join(new)} ({len(samples)} images) to model {base.model_id}", file=sys.stderr)
-    recipe = FineTune(
-        epochs=FineTune.epochs if a.epochs is None else a.epochs, hold=FineTune.hold if a.hold is None else a.hold
-    )
-    model, report = add_lines(base, samples, replay, recipe, a.device, bar)
-    lineage = {"from": base.model_id, "kept": report.kept, "moved": report.moved, "before": base.meta.get("lineage")}
+    model, report = add_lines(base, samples, replay, a.epochs, a.device, bar)
+    lineage = {"from": base.model_id, "kept": report.kept, "before": base.meta.get("lineage")}
     model_id = save_model(model, a.out, report.to_dict(), report.replay, lineage=lineage)
     recalibrate = [line for line in base.model.classes if line not in report.kept]
-    unjudged = [line for line in base.model.classes if line not in report.moved]
     print(
-        f"model {model_id} saved to {a.out} ({len(model.classes)} lines, {report.seconds:.0f} s); profiles of "
-        f"{', '.join(report.kept) or 'no old line'} still hold"
+        f"model {model_id} saved to {a.out} ({len(model.classes)} lines in {len(model.groups)} groups, "
+        f"{report.seconds:.0f} s); profiles of {', '.join(report.kept) or 'no old line'} still hold"
         + (f"; recalibrate {', '.join(recalibrate)} (hgad-edge recalibrate --model {a.out})" if recalibrate else "")
     )
+    unjudged = [line for line in base.model.classes if line not in report.confused]
     if unjudged:
         print(
             f"{a.from_model}: its replay sample holds no whole images of {', '.join(unjudged)} (saved before "
-            f"they were kept), so their scores could not be compared: recalibrate them",
+            f"they were kept), so whether their frames stay in their group could not be checked: recalibrate them",
+            file=sys.stderr,
+        )
+    confused = {line: share for line, share in report.confused.items() if share > 0}
+    if confused:
+        shares = ", ".join(f"{line} {share:.0%}" for line, share in confused.items())
+        print(
+            f"class-agnostic scoring confuses lines across groups ({shares} of their stored images scored by "
+            f"another group): give their cameras their line (class-aware scoring), or train every line from "
+            f"scratch",
             file=sys.stderr,
         )
     return EXIT_OK
@@ -215,8 +221,6 @@ def cmd_add_lines(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> int:
     if a.from_model is not None:
         return cmd_add_lines(a)
-    if a.hold is not None:
-        raise BadInputError("train: --hold applies only when adding lines to a trained model (--from MODEL)")
     from hgad.config import BackboneConfig, ModelConfig, PriorConfig, TrainConfig
     from hgad.data.datasets import load_split, select_classes
     from hgad.model_dir import save_model
@@ -550,13 +554,6 @@ def _train(sub, common) -> None:
         help="add the lines of --classes to this trained model instead of training from scratch",
     )
     t.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
-    t.add_argument(
-        "--hold",
-        type=_non_negative,
-        help="with --from: how hard the flow is held to the model's weights (default: the recipe's, 0.0, which "
-        "holds the flow only on and around the old lines' stored vectors; higher keeps the old lines' scores closer "
-        "and lets the new lines learn less)",
-    )
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
     t.add_argument("--image-size", type=_positive, default=DEFAULT_IMAGE_SIZE, help="model input in pixels")

@@ -12,9 +12,9 @@ import torch
 from .data.datasets import Sample, available_classes, load_split
 from .data.images import read_mask
 from .errors import DataError
+from .groups import InferenceModel
 from .memory import frames_per_batch
 from .metrics import aupro, auroc
-from .model import HGAD
 from .progress import Progress, quiet
 from .train import load_batches
 
@@ -31,7 +31,7 @@ class Scored:
 
 @torch.inference_mode()
 def score_paths(
-    model: HGAD,
+    model: InferenceModel,
     paths: list[Path],
     line: str | None,
     device: torch.device,
@@ -50,7 +50,7 @@ def score_paths(
     return Scored(np.concatenate(scores), np.concatenate(maps))
 
 
-def _check_lines(model: HGAD, data: Path, classes: list[str] | None, class_aware: bool) -> list[str]:
+def _check_lines(model: InferenceModel, data: Path, classes: list[str] | None, class_aware: bool) -> list[str]:
     chosen = classes or list(model.classes)
     if not classes:
         have = available_classes(data)
@@ -91,7 +91,7 @@ def line_metrics(subset: list[Sample], scored: Scored, size: int) -> dict:
 
 
 def evaluate(
-    model: HGAD,
+    model: InferenceModel,
     data: Path,
     classes: list[str] | None = None,
     class_aware: bool = False,

@@ -12,6 +12,8 @@ retrain it.
   space (scoring.py), so a converted model's scores are not its old ones: it gets a new model id, and the
   calibration profiles and engines of the old id are refused ("recalibrate the line") rather than applied
   to scores they were not made for.
+- 2 -> 3: format 3 adds a grown model's `groups` (groups.py); a model of format 2 is a model of one group,
+  read as it is (same tensors, same model id).
 """
 
 from __future__ import annotations
@@ -102,8 +104,12 @@ def v1_to_v2(meta: dict[str, Any], state: Tensors, source: str) -> tuple[dict[st
     return new, tensors
 
 
+def v2_to_v3(meta: dict[str, Any], state: Tensors, source: str) -> tuple[dict[str, Any], Tensors]:
+    return meta | {"format_version": 3}, state
+
+
 # STEPS[n] converts format n to n + 1.
-STEPS: dict[int, Step] = {1: v1_to_v2}
+STEPS: dict[int, Step] = {1: v1_to_v2, 2: v2_to_v3}
 
 
 def migrate(meta: dict[str, Any], state: Tensors, current: int, source: str) -> tuple[dict[str, Any], Tensors]:

@@ -23,7 +23,32 @@ from .prior import MASKED, build_prior
 from .scoring import SmoothedMap, anomaly, image_score
 
 
-class HGAD(nn.Module):
+class FramePath(nn.Module):
+    """From frames to maps and scores, given a model's `forward_features` and `forward_ll`: what a model of one
+    group (HGAD) and a grown one (groups.py) share. Subclasses have `classes`, `to_map` and `ll_ref`."""
+
+    def class_bias(self, line: str | None, batch: int = 1) -> torch.Tensor:
+        """[batch, K] mixture selector: all zeros is class-agnostic; `line` makes it class-aware."""
+        bias = torch.zeros(batch, len(self.classes), device=self.ll_ref.device)
+        if line is not None:
+            bias.fill_(MASKED)
+            bias[:, self.classes.index(line)] = 0.0
+        return bias
+
+    def forward_map(self, ll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-likelihoods [B, h, w] -> anomaly maps [B, S, S] and image scores [B]."""
+        amap = self.to_map(anomaly(ll, self.ll_ref))
+        return amap, image_score(amap)
+
+    def forward_head(self, features: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_map(self.forward_ll(features, class_bias))
+
+    def forward(self, frames: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 BGR frames [B, S, S, 3] and a mixture selector [B, K] -> anomaly maps [B, S, S], scores [B]."""
+        return self.forward_head(self.forward_features(self.preprocess(frames)), class_bias)
+
+
+class HGAD(FramePath):
     def __init__(self, cfg: ModelConfig, pretrained_backbone: bool = True):
         super().__init__()
         self.cfg = cfg
@@ -58,14 +83,6 @@ class HGAD(nn.Module):
         super().train(mode)
         self.backbone.train(False)
         return self
-
-    def class_bias(self, line: str | None, batch: int = 1) -> torch.Tensor:
-        """[batch, K] mixture selector: all zeros is class-agnostic; `line` makes it class-aware."""
-        bias = torch.zeros(batch, len(self.cfg.classes), device=self.ll_ref.device)
-        if line is not None:
-            bias.fill_(MASKED)
-            bias[:, self.cfg.classes.index(line)] = 0.0
-        return bias
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 BGR frames [B, S, S, 3] (OpenCV's layout) -> normalised RGB [B, 3, S, S]."""
@@ -128,15 +145,3 @@ class HGAD(nn.Module):
         m = (w * mean).sum(dim=1)
         v = (w * (var + (mean - m[:, None]) ** 2)).sum(dim=1)
         return self.ll_centre + self.ll_spread * (ll - m) * torch.rsqrt(v.clamp_min(1e-12))
-
-    def forward_map(self, ll: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-likelihoods [B, h, w] -> anomaly maps [B, S, S] and image scores [B]."""
-        amap = self.to_map(anomaly(ll, self.ll_ref))
-        return amap, image_score(amap)
-
-    def forward_head(self, features: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_map(self.forward_ll(features, class_bias))
-
-    def forward(self, frames: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 BGR frames [B, S, S, 3] and a mixture selector [B, K] -> anomaly maps [B, S, S], scores [B]."""
-        return self.forward_head(self.forward_features(self.preprocess(frames)), class_bias)

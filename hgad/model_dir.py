@@ -1,7 +1,8 @@
 """The model directory: `model.safetensors` (every tensor, backbone included, never pickle) and
 `model.json` (full configuration, classes, backbone, input size, normalisation constants, format version,
-content hash). The model id is that content hash: it changes whenever weights or constants change, and
-calibration profiles and TensorRT engines are keyed by it.
+content hash; for a model grown by adding lines, each group's configuration: groups.py). The model id is that
+content hash: it changes whenever weights or constants change, and calibration profiles and TensorRT engines
+are keyed by it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig
 from .errors import BadInputError, ModelFormatError
+from .groups import GroupedHGAD, InferenceModel
 from .migrations import migrate
 from .model import HGAD
 from .model_id import model_id
@@ -27,7 +29,9 @@ from .replay import Replay
 from .replay import save as save_replay
 
 FORMAT = "hgad-edge-model"
-FORMAT_VERSION = 2
+# Format 3 adds `groups`. A model of one group is written as format 2, which it is, so that an agent of the
+# version before reads it.
+FORMAT_VERSION = 3
 WEIGHTS = "model.safetensors"
 META = "model.json"
 # Readable by every user: the model is copied to a service user's folder (systemd/README.md), and it holds
@@ -37,7 +41,7 @@ FILE_MODE = 0o644
 
 @dataclass
 class LoadedModel:
-    model: HGAD
+    model: InferenceModel
     model_id: str
     path: Path
     meta: dict[str, Any] = field(default_factory=dict)
@@ -70,7 +74,7 @@ def readable(path: Path) -> Path:
     return path
 
 
-def normalisation_of(model: HGAD) -> dict[str, Any]:
+def normalisation_of(model: InferenceModel) -> dict[str, Any]:
     return {
         "mean": list(model.cfg.backbone.mean),
         "std": list(model.cfg.backbone.std),
@@ -79,7 +83,11 @@ def normalisation_of(model: HGAD) -> dict[str, Any]:
 
 
 def save_model(
-    model: HGAD, out: Path, training: dict[str, Any] | None = None, replay: Replay | None = None, **meta_extra: Any
+    model: InferenceModel,
+    out: Path,
+    training: dict[str, Any] | None = None,
+    replay: Replay | None = None,
+    **meta_extra: Any,
 ) -> str:
     """Write the model directory (with the replay sample, when given); returns the model id."""
     out.mkdir(parents=True, exist_ok=True)
@@ -96,10 +104,11 @@ def save_model(
     config = model.cfg.to_dict()
     norm = normalisation_of(model)
     weights_sha = file_sha256(weights)
-    mid = model_id(weights_sha, config, norm)
+    groups = [g.cfg.to_dict() for g in model.groups] if isinstance(model, GroupedHGAD) else None
+    mid = model_id(weights_sha, config, norm, groups)
     meta = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if groups else 2,
         "model_id": mid,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "classes": list(model.cfg.classes),
@@ -110,6 +119,7 @@ def save_model(
         "weights_sha256": weights_sha,
         "config": config,
         "training": training or {},
+        **({"groups": groups} if groups else {}),
         **meta_extra,
     }
     if replay is not None:
@@ -158,15 +168,21 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
             f"{weights}: content does not match {META} (truncated, damaged or replaced); copy the model again"
         )
     # The id is checked on the metadata as written, before any conversion of an older format.
-    if model_id(meta["weights_sha256"], meta["config"], meta["normalisation"]) != meta["model_id"]:
+    if model_id(meta["weights_sha256"], meta["config"], meta["normalisation"], meta.get("groups")) != meta["model_id"]:
         raise ModelFormatError(f"{path / META}: model_id does not match the content (the file was edited)")
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelFormatError(f"{weights}: not a readable safetensors file ({exc})") from None
     meta, state = migrate(meta, state, FORMAT_VERSION, str(path / META))
-    cfg = ModelConfig.from_dict(meta["config"], source=str(path / META))
-    model = HGAD(cfg, pretrained_backbone=False)
+    source = str(path / META)
+    if "groups" in meta:
+        groups = meta["groups"]
+        if not isinstance(groups, list) or len(groups) < 2 or not all(isinstance(g, dict) for g in groups):
+            raise ModelFormatError(f"{source}: 'groups' must be a list of two or more group configurations")
+        model = GroupedHGAD([HGAD(ModelConfig.from_dict(g, source=source), False) for g in meta["groups"]])
+    else:
+        model = HGAD(ModelConfig.from_dict(meta["config"], source=source), pretrained_backbone=False)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelFormatError(

@@ -11,9 +11,13 @@ import json
 from typing import Any
 
 
-def model_id(weights_sha: str, config: dict[str, Any], normalisation: dict[str, Any]) -> str:
+def model_id(
+    weights_sha: str, config: dict[str, Any], normalisation: dict[str, Any], groups: list[dict] | None = None
+) -> str:
+    """`groups`: a grouped model's configuration of each group (groups.py); absent for a model of one group."""
+    content = {"weights": weights_sha, "config": config, "normalisation": normalisation}
     payload = json.dumps(
-        {"weights": weights_sha, "config": config, "normalisation": normalisation},
+        content | ({"groups": groups} if groups else {}),
         sort_keys=True,
         separators=(",", ":"),
     )

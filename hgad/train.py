@@ -282,8 +282,14 @@ def fit_references(
 
 
 def train(
-    cfg: ModelConfig, samples: Sequence[Sample], device: str | torch.device = "cpu", progress: Progress = quiet
+    cfg: ModelConfig,
+    samples: Sequence[Sample],
+    device: str | torch.device = "cpu",
+    progress: Progress = quiet,
+    backbone: nn.Module | None = None,
 ) -> tuple[HGAD, TrainingReport]:
+    """The recipe on `samples`; `backbone`: weights to use instead of the packaged ones (a group added to a
+    model runs on that model's backbone)."""
     device = torch.device(device)
     class_index = {c: i for i, c in enumerate(cfg.classes)}
     unknown = sorted({s.class_name for s in samples} - set(class_index))
@@ -294,7 +300,10 @@ def train(
     if empty:
         raise DataError(f"no training images for class(es) {', '.join(empty)}")
     torch.manual_seed(cfg.train.seed)
-    model = HGAD(cfg).to(device)
+    model = HGAD(cfg, pretrained_backbone=backbone is None)
+    if backbone is not None:
+        model.backbone.load_state_dict(backbone.state_dict())
+    model.to(device)
     t0 = time.perf_counter()
     features = extract_features(model, [s.path for s in samples], device, progress=progress)
     t1 = time.perf_counter()

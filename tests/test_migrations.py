@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hgad.errors import ModelFormatError
-from hgad.model_dir import file_sha256, load_model
+from hgad.model_dir import FORMAT_VERSION, file_sha256, load_model
 from hgad.model_id import model_id
 from hgad.runtime.parity import golden_frames
 
@@ -65,7 +65,7 @@ def test_a_format_1_model_of_the_recipe_is_converted_exactly(tiny_model, tiny_mo
     # Its network and statistics carry over exactly; its scores are the current recipe's, not format 1's, so
     # it gets an id of its own (profiles of the old id are refused, not applied to other scores) ...
     assert old.model_id not in (v1_id, tiny_model.model_id) and load_model(tmp_path / "v1").model_id == old.model_id
-    assert old.meta["format_version"] == 2 and old.model.cfg == tiny_model.model.cfg
+    assert old.meta["format_version"] == FORMAT_VERSION and old.model.cfg == tiny_model.model.cfg
     for line in (None, "pcb"):
         (m1, s1), (m2, s2) = _scores(old, line), _scores(tiny_model, line)
         assert torch.equal(s1, s2) and torch.equal(m1, m2)

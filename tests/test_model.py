@@ -125,7 +125,7 @@ def test_not_json_is_refused(tmp_path):
 
 @pytest.mark.parametrize(
     ("version", "expect"),
-    [(3, "written by a newer hgad-edge.*upgrade hgad-edge"), (0, "format version 0"), ("2", "'2'")],
+    [(4, "written by a newer hgad-edge.*upgrade hgad-edge"), (0, "format version 0"), ("2", "'2'")],
 )
 def test_another_format_version_is_refused(version, expect, tiny_model_dir, tmp_path):
     d = _copy(tiny_model_dir, tmp_path / "m")

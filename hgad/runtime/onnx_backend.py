@@ -25,7 +25,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import BadInputError, HgadError
-from ..model import HGAD
+from ..groups import InferenceModel
 from ..model_dir import LoadedModel
 from ..scoring import MAX_ANOMALY
 from .backend import Backend, BackendInfo, Inference
@@ -55,7 +55,7 @@ def onnxruntime_status() -> tuple[bool, str]:
 class GraphWithGrid(nn.Module):
     """The model's graph with the log-likelihood grid as a third output, for parity (see parity.py)."""
 
-    def __init__(self, model: HGAD):
+    def __init__(self, model: InferenceModel):
         super().__init__()
         self.model = model
 
@@ -66,7 +66,7 @@ class GraphWithGrid(nn.Module):
         return amap, score, ll
 
 
-def export_onnx(model: HGAD, path: Path, batch: int) -> None:
+def export_onnx(model: InferenceModel, path: Path, batch: int) -> None:
     s = model.cfg.image_size
     example = (torch.zeros(batch, s, s, 3, dtype=torch.uint8), model.class_bias(None, batch).cpu())
     module = GraphWithGrid(model.cpu().eval())

@@ -23,7 +23,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import BadInputError, HgadError
-from ..model import HGAD
+from ..groups import InferenceModel
 from ..model_dir import LoadedModel
 from .backend import Backend, BackendInfo, Inference
 from .engine_cache import EngineCache, EngineKey
@@ -53,7 +53,7 @@ class EngineInput(nn.Module):
     """The compiled graph's entry: float frames (0..255, BGR, [B, S, S, 3]) rather than uint8, because
     uint8 engine inputs are not supported by every TensorRT release; the cast happens on the GPU."""
 
-    def __init__(self, model: HGAD):
+    def __init__(self, model: InferenceModel):
         super().__init__()
         self.model = model
 
@@ -101,7 +101,7 @@ def _quantise_int8(module: EngineInput, calibration: np.ndarray, device: torch.d
 
 
 def compile_engine(
-    model: HGAD, precision: str, batch: int, device: torch.device, calibration: np.ndarray | None = None
+    model: InferenceModel, precision: str, batch: int, device: torch.device, calibration: np.ndarray | None = None
 ) -> nn.Module:
     import torch_tensorrt
 
@@ -210,7 +210,7 @@ class TensorRTBackend(Backend):
             amap, score = self.engine(x, bias.to(self.device))
         return amap[:n].float().cpu().numpy(), score[:n].float().cpu().numpy()
 
-    def _check_parity(self, reference: HGAD):
+    def _check_parity(self, reference: InferenceModel):
         frames = golden_frames(self.image_size, max(2, self.batch))
         bias = reference.class_bias(None, frames.shape[0])
         with torch.inference_mode():
