@@ -3,6 +3,7 @@ its profiles carry over when its frames stay in its group, and the agent's profi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -26,6 +27,7 @@ from hgad.runtime.torch_backend import TorchBackend
 from hgad.train import train
 
 from .conftest import EPOCHS, SIZE, hgad_cli
+from .rig import build_stream, check_stream, make_rig, write_stream
 from .test_agent_dispatcher import save_profile
 
 
@@ -201,3 +203,27 @@ def test_a_line_like_one_the_model_has_is_named_as_confused(fabric_model, tiny_d
     confused = model.meta["training"]["confused"]
     assert max(confused["pcb"], confused["pcb-copy"]) > 0 and confused["fabric"] == 0.0
     assert "confuses lines across groups" in r.stderr and "fabric" in model.meta["lineage"]["kept"]
+
+
+def test_the_agent_runs_a_grown_model_on_a_kept_lines_old_profile(
+    broker, collector_factory, tiny_model, tiny_model_dir, calibrated_db, tiny_data, tmp_path
+):
+    """The agent reads a grown model, takes the old model's profile of a line the add kept (the lineage), and
+    alerts on that line's defects as before: one alert for one defect episode, from the grown model."""
+    pcb = [dataclasses.replace(s, class_name="pcb-b") for s in load_split(tiny_data, "train", ["pcb"])]
+    base = tiny_model.model.cpu().eval()
+    group, _ = train(dataclasses.replace(base.cfg, classes=("pcb-b",)), pcb, backbone=base.backbone)
+    grown_id = save_model(GroupedHGAD([base, group.eval()]), tmp_path / "grown",
+                          lineage={"from": tiny_model.model_id, "kept": ["fabric"], "before": None})  # fmt: skip
+    stream = build_stream([("normal", 10), ("defect", 6), ("normal", 10)])
+    video = write_stream(tmp_path / "line.avi", stream)
+    rig = make_rig(tmp_path / "rig", tmp_path / "grown", broker.port, calibrated_db)
+    check_stream(tiny_model, rig.db, video, stream)
+    col = collector_factory(broker.port)
+    rig.start(rig.config(video), "--exit-when-done")
+    assert rig.wait() == 0, rig.output()
+    messages = col.wait_for(lambda ms: any(m.topic.endswith("/alert") and b'"end"' in m.payload for m in ms))
+    new = [a for a in (m.json() for m in messages if m.topic.endswith("/alert")) if a["type"] == "new"]
+    assert len(new) == 1 and new[0]["line"] == "fabric" and new[0]["model_id"] == grown_id
+    episode = stream.episodes[0]
+    assert episode.first <= new[0]["frame_index"] <= episode.last
