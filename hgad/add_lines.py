@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,6 @@ from .model_dir import LoadedModel
 from .progress import Progress, quiet
 from .replay import Replay, concat
 from .train import train
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
