@@ -77,13 +77,6 @@ def _rate(value: str) -> float:
     return v
 
 
-def _non_negative(value: str) -> float:
-    v = _number(value)
-    if not v >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more, e.g. 0.01")
-    return v
-
-
 def _positive(value: str) -> int:
     try:
         v = int(value)
