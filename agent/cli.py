@@ -546,7 +546,9 @@ def _train(sub, common) -> None:
         type=Path,
         help="add the lines of --classes to this trained model instead of training from scratch",
     )
-    t.add_argument("--epochs", type=_positive, help="training epochs (default: the recipe's, 12)")
+    t.add_argument(
+        "--epochs", type=_positive, help="training epochs (default: the recipe's, 12; with --from, the model's)"
+    )
     t.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     t.add_argument("--weights", type=Path, help="local backbone weights file (needed for other backbones)")
     t.add_argument("--image-size", type=_positive, default=DEFAULT_IMAGE_SIZE, help="model input in pixels")
