@@ -103,19 +103,8 @@ class HGAD(FramePath):
         """Log-likelihoods of channel-last features [B, h, w, C]; the one path inference and the training
         statistics share. `sel` ([B, P] flat positions) scores the vectors at those positions only, x [B, P, C].
         `raw` leaves out the per-position standardisation (to fit it)."""
-        return self.score_latents(self.latents(x, sel), bias, sel, raw)
-
-    def latents(self, x: torch.Tensor, sel: torch.Tensor | None = None) -> torch.Tensor:
-        """score_positions' first half: the flow's latents of the features (the mixture selector plays no
-        part, so one pass serves both scoring modes)."""
         pos = self.pos if sel is None else self.pos.reshape(-1, self.pos.shape[-1])[sel]
-        return self.flow(x, pos)[0]
-
-    def score_latents(
-        self, z: torch.Tensor, bias: torch.Tensor, sel: torch.Tensor | None = None, raw: bool = False
-    ) -> torch.Tensor:
-        """score_positions' second half: the prior's log-likelihoods of latents, standardised unless `raw`."""
-        out = self.prior.score(z, bias)
+        out = self.prior.score(self.flow(x, pos)[0], bias)
         if raw:
             return out.ll
         return self.standardise_positions(out.ll, self.line_weights(out.joint), sel)

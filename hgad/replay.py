@@ -44,12 +44,6 @@ class Replay:
             return None
         return self.grids[self.grid_lines == line]
 
-    @property
-    def nbytes(self) -> int:
-        if self.grids is None:
-            return 0
-        return self.grids.numel() * self.grids.element_size() + self.grid_lines.numel() * 2
-
 
 def concat(a: Replay, b: Replay, classes: tuple[str, ...]) -> Replay:
     """Two samples indexed into the same `classes` as one, with the grids either has."""

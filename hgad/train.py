@@ -213,7 +213,6 @@ def fit_position_stats(
     device: torch.device,
     batch: int = 16,
     progress: Progress = quiet,
-    scale: bool = True,
 ) -> None:
     """Freeze each line's mean and variance of normal log-likelihoods at every position, from whole maps of a
     seeded choice of `position_stats_images` training images per line.
@@ -222,8 +221,7 @@ def fit_position_stats(
     of the frame); standardising by it makes a position's score mean "unusual for this place on this line".
     A position's variance is shrunk towards the variance of all the line's values with the weight of two
     images, so that a line with one or two training images (or a position that never varies) does not
-    divide by nothing; at 32 images that moves it by 6 %. Only the lines present in `labels` are fitted;
-    `scale` false keeps the pooled scale the maps are put back on (a model with lines added keeps its old one).
+    divide by nothing; at 32 images that moves it by 6 %. Only the lines present in `labels` are fitted.
     """
     order = _stats_images(labels, len(model.classes), model.cfg.score.position_stats_images, model.cfg.train.seed + 1)
     line_of = labels[order]
@@ -246,8 +244,6 @@ def fit_position_stats(
         model.pos_var[k] = torch.where(var > 0, var, torch.ones_like(var)).float()
         line_means.append(x.mean())
         line_vars.append(overall)
-    if not scale:
-        return
     # The pooled lines (each weighing the same) set the scale the standardised maps are put back on.
     centre = torch.stack(line_means).mean()
     spread2 = (torch.stack(line_vars) + (torch.stack(line_means) - centre) ** 2).mean()
