@@ -42,11 +42,11 @@ def score_grouped(model: GroupedHGAD, raw: torch.Tensor, batch: int = 16) -> tup
     scores, maps, groups = [], [], []
     for i in range(0, raw.shape[0], batch):
         feats = raw[i : i + batch].float()
-        bias = model.class_bias(None, feats.shape[0])
-        amap = to_map(anomaly(model.forward_ll(feats, bias), model.ll_ref))
+        ll, chosen = model.scored(feats, class_bias=model.class_bias(None, feats.shape[0]))
+        amap = to_map(anomaly(ll, model.ll_ref))
         scores.append(image_score(amap).numpy())
         maps.append(amap.numpy())
-        groups.append(model.route(feats, bias).numpy())
+        groups.append(chosen.numpy())
     return np.concatenate(scores), np.concatenate(maps), np.concatenate(groups)
 
 

@@ -93,16 +93,21 @@ class GroupedHGAD(FramePath):
             lls.append(ll - group.ll_ref)
         return torch.stack(lls, dim=1), torch.stack(evidence, dim=1)
 
+    def scored(self, features: torch.Tensor, class_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw grid features [B, C, h, w] and a selector [B, K] -> the chosen group's log-likelihoods less its
+        reference [B, h, w], and the chosen group [B]."""
+        lls, evidence = self._each_group(features, class_bias)
+        chosen = evidence.argmax(dim=1)
+        pick = nn.functional.one_hot(chosen, len(self.groups)).to(lls.dtype)
+        return (lls * pick[:, :, None, None]).sum(dim=1), chosen
+
     def route(self, features: torch.Tensor, class_bias: torch.Tensor) -> torch.Tensor:
-        """Raw grid features and a selector [B, K] -> the group that scores each frame [B]."""
-        return self._each_group(features, class_bias)[1].argmax(dim=1)
+        """The group that scores each frame [B]."""
+        return self.scored(features, class_bias)[1]
 
     def forward_ll(self, features: torch.Tensor, class_bias: torch.Tensor) -> torch.Tensor:
-        """Raw grid features [B, C, h, w] and a selector [B, K] -> the chosen group's log-likelihoods less its
-        reference [B, h, w]."""
-        lls, evidence = self._each_group(features, class_bias)
-        pick = nn.functional.one_hot(evidence.argmax(dim=1), len(self.groups)).to(lls.dtype)
-        return (lls * pick[:, :, None, None]).sum(dim=1)
+        """The chosen group's log-likelihoods less its reference [B, h, w]."""
+        return self.scored(features, class_bias)[0]
 
 
 # What inference takes: a model of one group or a grown one (the same interface).
