@@ -232,6 +232,19 @@ def test_onnxruntime_graph_is_exported_once_cached_and_agrees_with_torch(tiny_mo
     assert "cached" in second.info.detail
 
 
+def spinning(backend) -> str:
+    return backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+
+def test_onnxruntime_workers_spin_alone_and_sleep_beside_other_busy_threads(tiny_model, tmp_path):
+    alone, _ = open_backend(tiny_model, "onnxruntime", "cpu", cache_dir=tmp_path)
+    shared, _ = open_backend(tiny_model, "auto", "cpu", cache_dir=tmp_path, shared_cores=True)
+    assert shared.info.name == "onnxruntime"
+    assert (spinning(alone), spinning(shared)) == ("1", "0")
+    frames = golden_frames(SIZE, 2)
+    assert np.array_equal(alone.infer(frames).scores, shared.infer(frames).scores)
+
+
 def test_onnxruntime_runs_a_model_whose_scalars_are_exactly_one_or_zero(tiny_model, tmp_path):
     """ONNX Runtime's no-op elimination once removed `* ll_spread` at 1.0 and left the graph invalid."""
     from hgad.model_dir import LoadedModel
@@ -299,5 +312,7 @@ def test_an_onnx_graph_exported_by_the_cli_is_the_one_the_agent_finds(tiny_model
         assert (
             agent.backend.info.name == "onnxruntime" and agent.backend.info.detail == f"graph {exported.name} (cached)"
         )
+        # Its cameras decode and resize beside inference: the runtime's workers must not spin.
+        assert spinning(agent.backend) == "0"
     finally:
         agent.engine.dispose()

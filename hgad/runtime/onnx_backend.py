@@ -96,16 +96,18 @@ def onnx_key(loaded: LoadedModel, batch: int) -> EngineKey:
     )
 
 
-def open_session(path: Path, threads: int):
+def open_session(path: Path, threads: int, spin: bool = True):
+    """`spin`: the pool's workers spin between the operators of one run instead of sleeping. Alone on its
+    cores a run is faster for it (waking a sleeping worker for each of the graph's few hundred nodes costs
+    more than the spin); beside other busy threads (the agent's cameras decoding and resizing) a spinning
+    worker burns the time they need, and the whole pipeline is slower. Either way the workers stop when a
+    run returns."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    # Workers spin between the operators of one run (waking a sleeping worker for each of the graph's few
-    # hundred nodes costs more than the spin) and stop the moment a run returns: between frames the cores
-    # belong to the camera threads' decoding and to the writer, which a still-spinning pool would starve.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.add_session_config_entry("session.force_spinning_stop", "1")
     options.log_severity_level = 3  # errors only: its own warnings are not ours to pass on
     # NoopElimination drops the `* ll_spread` of a model whose spread is exactly 1 (a degenerate fit, a model
@@ -116,7 +118,9 @@ def open_session(path: Path, threads: int):
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(self, loaded: LoadedModel, cache_dir: Path, batch: int = 1, precision: str = "fp32"):
+    def __init__(
+        self, loaded: LoadedModel, cache_dir: Path, batch: int = 1, precision: str = "fp32", spin: bool = True
+    ):
         ok, why = onnxruntime_status()
         if not ok:
             raise OnnxRuntimeUnavailable(f"onnxruntime backend: {why}")
@@ -128,12 +132,12 @@ class OnnxRuntimeBackend(Backend):
         self.threads = torch.get_num_threads()
         self.cache = EngineCache(cache_dir)
         self.key = onnx_key(loaded, batch)
-        session = self.cache.load(self.key, lambda p: open_session(p, self.threads))
+        session = self.cache.load(self.key, lambda p: open_session(p, self.threads, spin))
         built = session is None
         if built:
             log.info("exporting the model to ONNX", extra={"fields": {"model_id": loaded.model_id, "batch": batch}})
             path = self.cache.store(self.key, lambda p: export_onnx(loaded.model, p, batch))
-            session = open_session(path, self.threads)
+            session = open_session(path, self.threads, spin)
         self.session = session
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
         self.info = BackendInfo(
