@@ -63,6 +63,7 @@ class CameraStats:
     last_error: str = ""
     down_since: float | None = None
     frame: str | None = None  # WIDTHxHEIGHT of the latest frame: the mode the camera actually delivers
+    cpu_s: float = 0.0  # CPU seconds this camera's thread spent reading, decoding and resizing its frames
 
 
 def gstreamer_available() -> bool:
@@ -350,7 +351,7 @@ class Camera:
         n0 = index
         total = cap.get(cv2.CAP_PROP_FRAME_COUNT) if self.recording else 0
         while not self._stop.is_set() and not self._reopen.is_set():
-            read_start = time.monotonic()
+            read_start, cpu_start = time.monotonic(), time.thread_time()
             try:
                 ok, img = cap.read()
             except cv2.error as exc:
@@ -362,6 +363,7 @@ class Camera:
                 delivered = True
                 self._mark_up()
                 self._put(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), index)
+                self.stats.cpu_s += time.thread_time() - cpu_start  # waiting for a frame or the slot is not CPU
                 index += 1
                 if period:
                     wait = t0 + (index - n0) * period - time.monotonic()

@@ -25,6 +25,10 @@ from .health import StageTimes
 
 log = logging.getLogger(__name__)
 
+# Batches before the first look at how the cameras and the model share the CPU (the stage times have
+# settled by then), and between later looks (cameras come and go, lines change).
+SHARE_FIRST, SHARE_EVERY = 50, 500
+
 
 class Pipeline:
     def __init__(
@@ -49,6 +53,7 @@ class Pipeline:
         self.heartbeat = time.monotonic()
         self.batches = 0
         self.errors = 0
+        self._share_at, self._share_from = SHARE_FIRST, (0.0, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
 
@@ -121,6 +126,18 @@ class Pipeline:
                 self._judge(rt, f, float(out.scores[i]), out.maps[i], now)
             self.stages.add("judge", (time.monotonic() - now) * 1000.0 / len(group))
         self.batches += 1
+        if self.batches >= self._share_at:
+            self._share_cores()
+
+    def _share_cores(self) -> None:
+        """Tell the backend the cameras' CPU time per judged frame since the last look beside its own."""
+        self._share_at = self.batches + SHARE_EVERY
+        cpu_s = sum(rt.camera.stats.cpu_s for rt in self.cameras)
+        judged = sum(rt.frames for rt in self.cameras)
+        (cpu_before, judged_before), self._share_from = self._share_from, (cpu_s, judged)
+        own_ms = self.stages.summary().get("infer")
+        if judged > judged_before and own_ms:
+            self.backend.share_cores((cpu_s - cpu_before) * 1000.0 / (judged - judged_before), own_ms)
 
     def _inputs(self, frames: list[Frame]) -> np.ndarray:
         """The batch at the model's size: resized on the camera threads, or here for a camera that did not."""

@@ -245,6 +245,24 @@ def test_onnxruntime_workers_spin_alone_and_sleep_beside_other_busy_threads(tiny
     assert np.array_equal(alone.infer(frames).scores, shared.infer(frames).scores)
 
 
+def test_onnxruntime_workers_sleep_while_the_cameras_take_a_large_share_of_the_cpu(tiny_model, tmp_path):
+    from hgad.runtime.onnx_backend import SLEEP_ABOVE_SHARE, SPIN_BELOW_SHARE
+
+    backend, _ = open_backend(tiny_model, "onnxruntime", "cpu", cache_dir=tmp_path)
+    own = 10.0  # ms per frame on its threads (two or more here: a single thread has no pool)
+    assert backend.threads >= 2 and spinning(backend) == "1"
+    frames = golden_frames(SIZE, 2)
+    before = backend.infer(frames).scores
+    cameras_ms = [between := (SPIN_BELOW_SHARE + SLEEP_ABOVE_SHARE) / 2, SLEEP_ABOVE_SHARE * 2, between, 0.0]
+    states = []
+    for share in cameras_ms:
+        backend.share_cores(share * own * backend.threads, own)
+        states.append(spinning(backend))
+    # Between the two bounds the session stays as it is, whichever way it waits.
+    assert states == ["1", "0", "0", "1"]
+    assert np.array_equal(backend.infer(frames).scores, before)
+
+
 def test_onnxruntime_runs_a_model_whose_scalars_are_exactly_one_or_zero(tiny_model, tmp_path):
     """ONNX Runtime's no-op elimination once removed `* ll_spread` at 1.0 and left the graph invalid."""
     from hgad.model_dir import LoadedModel
@@ -316,3 +334,32 @@ def test_an_onnx_graph_exported_by_the_cli_is_the_one_the_agent_finds(tiny_model
         assert spinning(agent.backend) == "0"
     finally:
         agent.engine.dispose()
+
+
+@pytest.mark.parametrize("frame, spins", [((SIZE, SIZE), True), ((1080, 1920), False)])
+def test_the_agent_lets_onnxruntime_spin_only_where_its_cameras_leave_the_cores_free(
+    frame, spins, tiny_model_dir, calibrated_db, broker, tmp_path
+):
+    """The tiny model is cheap: frames at its own size cost the camera thread next to nothing beside it, and
+    full-HD frames (decoded, then shrunk) cost it more than the model itself."""
+    import yaml
+
+    from agent.config import parse_config
+    from agent.daemon import Agent
+    from agent.pipeline import SHARE_FIRST
+
+    from .conftest import write_video
+    from .rig import make_rig
+
+    rng = np.random.default_rng(0)
+    video = write_video(
+        tmp_path / "v.avi", [rng.integers(0, 255, (*frame, 3), np.uint8) for _ in range(SHARE_FIRST + 10)]
+    )
+    rig = make_rig(tmp_path, tiny_model_dir, broker.port, calibrated_db)
+    data = yaml.safe_load(rig.config(video, backend="onnxruntime").read_text())
+    agent = Agent(parse_config(data), exit_when_done=True)
+    agent.open()
+    assert spinning(agent.backend) == "0"  # it starts with the cores left to the cameras
+    assert agent.run() == 0
+    assert agent.pipeline.batches >= SHARE_FIRST
+    assert agent.backend.spin is spins and spinning(agent.backend) == ("1" if spins else "0")

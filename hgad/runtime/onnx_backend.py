@@ -35,6 +35,10 @@ from .parity import ParityResult, compare, golden_frames, require
 log = logging.getLogger(__name__)
 
 OPSET = 18
+# Spinning workers pay where the graph has the cores to itself and cost where other threads need them: the
+# cameras' CPU time per frame over the model's (its wall time on all its threads) decides. The gap between
+# the bounds keeps a share near one of them from reopening the session back and forth.
+SPIN_BELOW_SHARE, SLEEP_ABOVE_SHARE = 0.15, 0.3
 INPUTS = ("frames", "class_bias")
 OUTPUTS = ("maps", "scores", "ll")
 
@@ -138,7 +142,7 @@ class OnnxRuntimeBackend(Backend):
             log.info("exporting the model to ONNX", extra={"fields": {"model_id": loaded.model_id, "batch": batch}})
             path = self.cache.store(self.key, lambda p: export_onnx(loaded.model, p, batch))
             session = open_session(path, self.threads, spin)
-        self.session = session
+        self.session, self.spin = session, spin
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
         self.info = BackendInfo(
             "onnxruntime", f"cpu ({self.threads} threads)", "fp32", loaded.model_id,
@@ -166,6 +170,22 @@ class OnnxRuntimeBackend(Backend):
         in_range = (float(model.ll_ref) - ref_ll.numpy()) < MAX_ANOMALY
         refs = (ref_scores.numpy(), ref_maps.numpy())
         return compare(*refs, scores, maps, "fp32", ref_ll.numpy()[in_range], ll[in_range])
+
+    def share_cores(self, others_ms: float, own_ms: float) -> None:
+        if self.threads < 2 or own_ms <= 0:
+            return  # one thread has no pool to wait in
+        share = others_ms / (own_ms * self.threads)
+        spin = share <= SLEEP_ABOVE_SHARE if self.spin else share < SPIN_BELOW_SHARE
+        if spin == self.spin:
+            return
+        try:
+            self.session = open_session(self.cache.path(self.key), self.threads, spin)
+        except Exception as exc:  # the cached graph gone since: the session in hand still runs
+            log.info("onnxruntime session kept", extra={"fields": {"why": f"{type(exc).__name__}: {exc}"}})
+            return
+        self.spin = spin
+        fields = {"workers": "spin" if spin else "sleep", "cameras_cpu_share": round(share, 3)}
+        log.info("onnxruntime workers between operators", extra={"fields": fields})
 
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         self.check_line(line)
