@@ -363,3 +363,4 @@ def test_the_agent_lets_onnxruntime_spin_only_where_its_cameras_leave_the_cores_
     assert agent.run() == 0
     assert agent.pipeline.batches >= SHARE_FIRST
     assert agent.backend.spin is spins and spinning(agent.backend) == ("1" if spins else "0")
+    assert agent.stats()["backend"]["device"].endswith(f"workers {'spin' if spins else 'sleep'})")

@@ -15,6 +15,7 @@ whose graph a Jetson's TensorRT also reads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from pathlib import Path
@@ -145,7 +146,7 @@ class OnnxRuntimeBackend(Backend):
         self.session, self.spin = session, spin
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
         self.info = BackendInfo(
-            "onnxruntime", f"cpu ({self.threads} threads)", "fp32", loaded.model_id,
+            "onnxruntime", self._device(), "fp32", loaded.model_id,
             f"graph {self.cache.path(self.key).name} ({'built' if built else 'cached'})",
         )  # fmt: skip
 
@@ -184,8 +185,14 @@ class OnnxRuntimeBackend(Backend):
             log.info("onnxruntime session kept", extra={"fields": {"why": f"{type(exc).__name__}: {exc}"}})
             return
         self.spin = spin
-        fields = {"workers": "spin" if spin else "sleep", "cameras_cpu_share": round(share, 3)}
-        log.info("onnxruntime workers between operators", extra={"fields": fields})
+        self.info = dataclasses.replace(self.info, device=self._device())
+        log.info(
+            "onnxruntime workers", extra={"fields": {"device": self.info.device, "cameras_cpu_share": round(share, 3)}}
+        )
+
+    def _device(self) -> str:
+        """What the status and the stats show: threads, and how the workers wait between operators."""
+        return f"cpu ({self.threads} threads, workers {'spin' if self.spin else 'sleep'})"
 
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         self.check_line(line)
