@@ -71,15 +71,7 @@ class Agent:
         self.feedback = FeedbackStore(self.engine, cfg.normals_path, cfg.feedback)
         self.runtimes = {rt.name: rt for rt in self._open_cameras()}
         self.backend, self.backend_reason = on_passing_thread(
-            lambda: open_backend(
-                self.loaded,
-                cfg.backend,
-                cfg.device,
-                cfg.precision,
-                cfg.batch,
-                cfg.engine_cache_path,
-                shared_cores=True,  # the camera threads decode and resize beside inference
-            ),
+            lambda: open_backend(self.loaded, cfg.backend, cfg.device, cfg.precision, cfg.batch, cfg.engine_cache_path),
             "open-backend",
         )
         info = self.backend.info

@@ -236,15 +236,6 @@ def spinning(backend) -> str:
     return backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
 
-def test_onnxruntime_workers_spin_alone_and_sleep_beside_other_busy_threads(tiny_model, tmp_path):
-    alone, _ = open_backend(tiny_model, "onnxruntime", "cpu", cache_dir=tmp_path)
-    shared, _ = open_backend(tiny_model, "auto", "cpu", cache_dir=tmp_path, shared_cores=True)
-    assert shared.info.name == "onnxruntime"
-    assert (spinning(alone), spinning(shared)) == ("1", "0")
-    frames = golden_frames(SIZE, 2)
-    assert np.array_equal(alone.infer(frames).scores, shared.infer(frames).scores)
-
-
 def test_onnxruntime_workers_sleep_while_the_cameras_take_a_large_share_of_the_cpu(tiny_model, tmp_path):
     from hgad.runtime.onnx_backend import SLEEP_ABOVE_SHARE, SPIN_BELOW_SHARE
 
@@ -330,8 +321,6 @@ def test_an_onnx_graph_exported_by_the_cli_is_the_one_the_agent_finds(tiny_model
         assert (
             agent.backend.info.name == "onnxruntime" and agent.backend.info.detail == f"graph {exported.name} (cached)"
         )
-        # Its cameras decode and resize beside inference: the runtime's workers must not spin.
-        assert spinning(agent.backend) == "0"
     finally:
         agent.engine.dispose()
 
@@ -359,7 +348,7 @@ def test_the_agent_lets_onnxruntime_spin_only_where_its_cameras_leave_the_cores_
     data = yaml.safe_load(rig.config(video, backend="onnxruntime").read_text())
     agent = Agent(parse_config(data), exit_when_done=True)
     agent.open()
-    assert spinning(agent.backend) == "0"  # it starts with the cores left to the cameras
+    assert spinning(agent.backend) == "1"  # as the model alone runs fastest
     assert agent.run() == 0
     assert agent.pipeline.batches >= SHARE_FIRST
     assert agent.backend.spin is spins and spinning(agent.backend) == ("1" if spins else "0")

@@ -123,9 +123,7 @@ def open_session(path: Path, threads: int, spin: bool = True):
 
 
 class OnnxRuntimeBackend(Backend):
-    def __init__(
-        self, loaded: LoadedModel, cache_dir: Path, batch: int = 1, precision: str = "fp32", spin: bool = True
-    ):
+    def __init__(self, loaded: LoadedModel, cache_dir: Path, batch: int = 1, precision: str = "fp32"):
         ok, why = onnxruntime_status()
         if not ok:
             raise OnnxRuntimeUnavailable(f"onnxruntime backend: {why}")
@@ -137,13 +135,15 @@ class OnnxRuntimeBackend(Backend):
         self.threads = torch.get_num_threads()
         self.cache = EngineCache(cache_dir)
         self.key = onnx_key(loaded, batch)
-        session = self.cache.load(self.key, lambda p: open_session(p, self.threads, spin))
+        session = self.cache.load(self.key, lambda p: open_session(p, self.threads))
         built = session is None
         if built:
             log.info("exporting the model to ONNX", extra={"fields": {"model_id": loaded.model_id, "batch": batch}})
             path = self.cache.store(self.key, lambda p: export_onnx(loaded.model, p, batch))
-            session = open_session(path, self.threads, spin)
-        self.session, self.spin = session, spin
+            session = open_session(path, self.threads)
+        # Spinning until told the cameras need the cores (share_cores): a model alone on them, as in the
+        # bench and eval, runs faster for it, and so does an agent whose cameras' work is small beside it.
+        self.session, self.spin = session, True
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
         self.info = BackendInfo(
             "onnxruntime", self._device(), "fp32", loaded.model_id,

@@ -44,7 +44,7 @@ def _tensorrt(loaded, device, precision, batch, cache_dir, calibration) -> tuple
         raise HgadError(f"tensorrt backend: engine build failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _onnxruntime(loaded, device, precision, batch, cache_dir, shared_cores) -> tuple[Backend, str]:
+def _onnxruntime(loaded, device, precision, batch, cache_dir) -> tuple[Backend, str]:
     from .onnx_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable, onnxruntime_status
 
     if resolve_device(device).type != "cpu":
@@ -52,8 +52,7 @@ def _onnxruntime(loaded, device, precision, batch, cache_dir, shared_cores) -> t
     if precision not in (None, "fp32"):
         raise _Unavailable(f"it runs fp32, and {precision} was asked for")
     try:
-        backend = OnnxRuntimeBackend(loaded, cache_dir, batch, spin=not shared_cores)
-        return backend, f"onnxruntime: {onnxruntime_status()[1]}"
+        return OnnxRuntimeBackend(loaded, cache_dir, batch), f"onnxruntime: {onnxruntime_status()[1]}"
     except OnnxRuntimeUnavailable as exc:
         raise _Unavailable(str(exc)) from None
 
@@ -66,13 +65,8 @@ def open_backend(
     batch: int = 1,
     cache_dir: Path | None = None,
     calibration: np.ndarray | None = None,
-    shared_cores: bool = False,
 ) -> tuple[Backend, str]:
-    """The backend and a one-line reason for the choice (shown in logs and the agent's status).
-
-    `shared_cores`: other threads of the process need the CPU while the model runs (the agent's cameras
-    decode and resize frames beside inference), so a CPU runtime must not keep its workers spinning.
-    """
+    """The backend and a one-line reason for the choice (shown in logs and the agent's status)."""
     if kind not in BACKENDS:
         raise BadInputError(f"backend: {kind!r} is not one of {', '.join(BACKENDS)}")
     cache = cache_dir or Path("engines")
@@ -80,7 +74,7 @@ def open_backend(
         return TorchBackend(loaded, device, _torch_precision(precision)), "torch (configured)"
     attempts = {
         "tensorrt": lambda: _tensorrt(loaded, device, precision, batch, cache, calibration),
-        "onnxruntime": lambda: _onnxruntime(loaded, device, precision, batch, cache, shared_cores),
+        "onnxruntime": lambda: _onnxruntime(loaded, device, precision, batch, cache),
     }
     skipped = []
     for name in attempts if kind == "auto" else (kind,):
