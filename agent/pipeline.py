@@ -130,14 +130,13 @@ class Pipeline:
             self._share_cores()
 
     def _share_cores(self) -> None:
-        """Tell the backend the cameras' CPU time per judged frame since the last look beside its own."""
+        """Tell the backend the cameras' CPU time per judged frame since the last look."""
         self._share_at = self.batches + SHARE_EVERY
         cpu_s = sum(rt.camera.stats.cpu_s for rt in self.cameras)
         judged = sum(rt.frames for rt in self.cameras)
         (cpu_before, judged_before), self._share_from = self._share_from, (cpu_s, judged)
-        own_ms = self.stages.summary().get("infer")
-        if judged > judged_before and own_ms:
-            self.backend.share_cores((cpu_s - cpu_before) * 1000.0 / (judged - judged_before), own_ms)
+        if judged > judged_before:
+            self.backend.share_cores((cpu_s - cpu_before) * 1000.0 / (judged - judged_before))
 
     def _inputs(self, frames: list[Frame]) -> np.ndarray:
         """The batch at the model's size: resized on the camera threads, or here for a camera that did not."""

@@ -37,10 +37,10 @@ class Backend(ABC):
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         """`line` None scores class-agnostic; a class name scores class-aware for that line."""
 
-    def share_cores(self, others_ms: float, own_ms: float) -> None:  # noqa: B027 - optional hook
-        """Told what other threads of the process spend on the CPU per frame this backend scores (`others_ms`:
-        the cameras' decoding and resizing) beside its own wall time per frame (`own_ms`), a CPU runtime may
-        change how its workers wait. The default (torch, a GPU runtime) does nothing."""
+    def share_cores(self, cameras_ms: float) -> None:  # noqa: B027 - optional hook
+        """Told the CPU milliseconds other threads of the process spend per frame this backend scores (the
+        cameras' reading, decoding and resizing), a CPU runtime may leave them cores. The default (torch, a
+        GPU runtime) does nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device memory; the default has nothing to release."""

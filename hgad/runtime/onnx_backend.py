@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -36,10 +37,11 @@ from .parity import ParityResult, compare, golden_frames, require
 log = logging.getLogger(__name__)
 
 OPSET = 18
-# Spinning workers pay where the graph has the cores to itself and cost where other threads need them: the
-# cameras' CPU time per frame over the model's (its wall time on all its threads) decides. The gap between
-# the bounds keeps a share near one of them from reopening the session back and forth.
-SPIN_BELOW_SHARE, SLEEP_ABOVE_SHARE = 0.15, 0.3
+# How the pool runs beside the agent's cameras, by their CPU time per judged frame over the model's own (its
+# time per frame alone, times the cores): spinning workers while the cameras take little; sleeping ones from
+# SPIN_BELOW; from FEWER_THREADS_FROM, threads in proportion, leaving the cameras the cores they need. Within
+# SHARE_MARGIN of a bound the session stays as it is, so that a share near one is not reopened back and forth.
+SPIN_BELOW, FEWER_THREADS_FROM, SHARE_MARGIN = 0.15, 0.5, 0.05
 INPUTS = ("frames", "class_bias")
 OUTPUTS = ("maps", "scores", "ll")
 
@@ -101,6 +103,29 @@ def onnx_key(loaded: LoadedModel, batch: int) -> EngineKey:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class Workers:
+    threads: int
+    spin: bool  # between the operators of one run; a single thread has no pool and never waits
+
+    def __str__(self) -> str:
+        if self.threads == 1:
+            return "1 thread"
+        return f"{self.threads} threads, workers {'spin' if self.spin else 'sleep'}"
+
+
+def workers_for(share: float, cores: int) -> Workers:
+    """The pool for cameras whose CPU time per frame is `share` times the model's (see SPIN_BELOW)."""
+    if share < SPIN_BELOW or cores == 1:
+        return Workers(cores, True)
+    if share < FEWER_THREADS_FROM:
+        return Workers(cores, False)
+    # The model's time per frame on t threads (cores / t times its own) against the cameras' on the cores
+    # left (share * cores / (cores - t)): even when t = cores / (1 + share).
+    threads = max(1, min(cores, round(cores / (1 + share))))
+    return Workers(threads, threads == 1)
+
+
 def open_session(path: Path, threads: int, spin: bool = True):
     """`spin`: the pool's workers spin between the operators of one run instead of sleeping. Alone on its
     cores a run is faster for it (waking a sleeping worker for each of the graph's few hundred nodes costs
@@ -132,19 +157,21 @@ class OnnxRuntimeBackend(Backend):
         self.loaded, self.batch = loaded, batch
         self.image_size = loaded.model.cfg.image_size
         self.classes = loaded.model.classes
-        self.threads = torch.get_num_threads()
+        self.cores = torch.get_num_threads()
+        self.workers = Workers(self.cores, True)
         self.cache = EngineCache(cache_dir)
         self.key = onnx_key(loaded, batch)
-        session = self.cache.load(self.key, lambda p: open_session(p, self.threads))
+        session = self.cache.load(self.key, lambda p: open_session(p, self.cores))
         built = session is None
         if built:
             log.info("exporting the model to ONNX", extra={"fields": {"model_id": loaded.model_id, "batch": batch}})
             path = self.cache.store(self.key, lambda p: export_onnx(loaded.model, p, batch))
-            session = open_session(path, self.threads)
-        # Spinning until told the cameras need the cores (share_cores): a model alone on them, as in the
-        # bench and eval, runs faster for it, and so does an agent whose cameras' work is small beside it.
-        self.session, self.spin = session, True
+            session = open_session(path, self.cores)
+        # Every core, spinning, until told the cameras need some (share_cores): a model alone on them, as in
+        # the bench and eval, runs fastest so, and so does an agent whose cameras' work is small beside it.
+        self.session = session
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
+        self.frame_ms = self._time_frames()
         self.info = BackendInfo(
             "onnxruntime", self._device(), "fp32", loaded.model_id,
             f"graph {self.cache.path(self.key).name} ({'built' if built else 'cached'})",
@@ -172,27 +199,40 @@ class OnnxRuntimeBackend(Backend):
         refs = (ref_scores.numpy(), ref_maps.numpy())
         return compare(*refs, scores, maps, "fp32", ref_ll.numpy()[in_range], ll[in_range])
 
-    def share_cores(self, others_ms: float, own_ms: float) -> None:
-        if self.threads < 2 or own_ms <= 0:
-            return  # one thread has no pool to wait in
-        share = others_ms / (own_ms * self.threads)
-        spin = share <= SLEEP_ABOVE_SHARE if self.spin else share < SPIN_BELOW_SHARE
-        if spin == self.spin:
+    def _time_frames(self, runs: int = 3) -> float:
+        """Milliseconds per frame alone on the cores (golden frames, after the parity check's warm run):
+        what the cameras' CPU time is weighed against."""
+        frames = golden_frames(self.image_size, self.batch)
+        bias = self.loaded.model.class_bias(None, self.batch).numpy()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            self._run(frames, bias)
+            times.append((time.perf_counter() - t0) * 1000.0 / self.batch)
+        return float(np.median(times))
+
+    def share_cores(self, cameras_ms: float) -> None:
+        share = cameras_ms / (self.frame_ms * self.cores)
+        # Near a bound, the pool in hand stands if it is the answer on either side of it.
+        if self.workers in (
+            workers_for(share - SHARE_MARGIN, self.cores),
+            workers_for(share + SHARE_MARGIN, self.cores),
+        ):
             return
+        workers = workers_for(share, self.cores)
         try:
-            self.session = open_session(self.cache.path(self.key), self.threads, spin)
+            self.session = open_session(self.cache.path(self.key), workers.threads, workers.spin)
         except Exception as exc:  # the cached graph gone since: the session in hand still runs
             log.info("onnxruntime session kept", extra={"fields": {"why": f"{type(exc).__name__}: {exc}"}})
             return
-        self.spin = spin
+        self.workers = workers
         self.info = dataclasses.replace(self.info, device=self._device())
-        log.info(
-            "onnxruntime workers", extra={"fields": {"device": self.info.device, "cameras_cpu_share": round(share, 3)}}
-        )
+        fields = {"device": self.info.device, "cameras_cpu_share": round(share, 3)}
+        log.info("onnxruntime pool", extra={"fields": fields})
 
     def _device(self) -> str:
-        """What the status and the stats show: threads, and how the workers wait between operators."""
-        return f"cpu ({self.threads} threads, workers {'spin' if self.spin else 'sleep'})"
+        """What the status and the stats show: the pool's threads, and how its workers wait between operators."""
+        return f"cpu ({self.workers})"
 
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         self.check_line(line)
