@@ -11,6 +11,9 @@ ONNX Runtime rather than OpenVINO: on x86 cores, fp32, the same ONNX graph, the 
 1e-5 of eager torch; OpenVINO's bf16 default, where a CPU has it, is faster but moves scores by 30 %, which no
 threshold survives (docs/results.md, "Speed on a CPU"). At equal speed the smaller dependency won, and the one
 whose graph a Jetson's TensorRT also reads.
+
+In the agent the camera threads decode and resize on the same cores; the pool is sized and told how to wait
+for the share of the CPU they take (share_cores, told by the pipeline).
 """
 
 from __future__ import annotations
@@ -158,6 +161,8 @@ class OnnxRuntimeBackend(Backend):
         self.image_size = loaded.model.cfg.image_size
         self.classes = loaded.model.classes
         self.cores = torch.get_num_threads()
+        # Every core, spinning, until told the cameras need some (share_cores): a model alone on them, as in
+        # the bench and eval, runs fastest so, and so does an agent whose cameras' work is small beside it.
         self.workers = Workers(self.cores, True)
         self.cache = EngineCache(cache_dir)
         self.key = onnx_key(loaded, batch)
@@ -167,8 +172,6 @@ class OnnxRuntimeBackend(Backend):
             log.info("exporting the model to ONNX", extra={"fields": {"model_id": loaded.model_id, "batch": batch}})
             path = self.cache.store(self.key, lambda p: export_onnx(loaded.model, p, batch))
             session = open_session(path, self.cores)
-        # Every core, spinning, until told the cameras need some (share_cores): a model alone on them, as in
-        # the bench and eval, runs fastest so, and so does an agent whose cameras' work is small beside it.
         self.session = session
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
         self.frame_ms = self._time_frames()
@@ -213,13 +216,11 @@ class OnnxRuntimeBackend(Backend):
 
     def share_cores(self, cameras_ms: float) -> None:
         share = cameras_ms / (self.frame_ms * self.cores)
-        # Near a bound, the pool in hand stands if it is the answer on either side of it.
-        if self.workers in (
-            workers_for(share - SHARE_MARGIN, self.cores),
-            workers_for(share + SHARE_MARGIN, self.cores),
-        ):
-            return
         workers = workers_for(share, self.cores)
+        # Near a bound, the pool in hand stands if it is the answer on either side of it.
+        near = (workers_for(share - SHARE_MARGIN, self.cores), workers_for(share + SHARE_MARGIN, self.cores))
+        if self.workers == workers or self.workers in near:
+            return
         try:
             self.session = open_session(self.cache.path(self.key), workers.threads, workers.spin)
         except Exception as exc:  # the cached graph gone since: the session in hand still runs
