@@ -353,9 +353,9 @@ def test_an_onnx_graph_exported_by_the_cli_is_the_one_the_agent_finds(tiny_model
         agent.engine.dispose()
 
 
-@pytest.mark.parametrize("frame, device", [((SIZE, SIZE), "2 threads, workers spin"), ((1080, 1920), "1 thread")])
+@pytest.mark.parametrize("frame, all_cores", [((SIZE, SIZE), True), ((1080, 1920), False)])
 def test_the_agent_leaves_its_cameras_the_cores_they_need(
-    frame, device, tiny_model_dir, calibrated_db, broker, tmp_path
+    frame, all_cores, tiny_model_dir, calibrated_db, broker, tmp_path
 ):
     """The tiny model is cheap: frames at its own size cost the camera thread next to nothing beside it, and
     full-HD frames (decoded, then shrunk) cost it several times the model's time."""
@@ -376,7 +376,15 @@ def test_the_agent_leaves_its_cameras_the_cores_they_need(
     data = yaml.safe_load(rig.config(video, backend="onnxruntime").read_text())
     agent = Agent(parse_config(data), exit_when_done=True)
     agent.open()
-    assert pool(agent.backend) == (2, "1")  # every core, as the model alone runs fastest
+    cores = agent.backend.cores
+    assert cores >= 2, "one core has no pool to size"
+    assert pool(agent.backend) == (cores, "1")  # every core, as the model alone runs fastest
     assert agent.run() == 0
     assert agent.pipeline.batches >= SHARE_FIRST
-    assert agent.stats()["backend"]["device"] == f"cpu ({device})"
+    threads, spin = pool(agent.backend)
+    if all_cores:
+        assert (threads, spin) == (cores, "1")
+    else:
+        assert threads < cores
+    assert agent.stats()["backend"]["device"] == f"cpu ({agent.backend.workers})"
+    assert str(agent.backend.workers).startswith(f"{threads} thread")
