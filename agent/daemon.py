@@ -24,6 +24,7 @@ from calibration.report import write_report
 from calibration.store import ProfileStore
 from hgad.errors import BadInputError
 from hgad.model_dir import load_model
+from hgad.runtime.backend import Backend
 from hgad.runtime.select import open_backend
 from hgad.runtime.threads import on_passing_thread
 
@@ -70,10 +71,7 @@ class Agent:
         self.store = AgentStore(self.engine, cfg.heatmaps_path, cfg.storage)
         self.feedback = FeedbackStore(self.engine, cfg.normals_path, cfg.feedback)
         self.runtimes = {rt.name: rt for rt in self._open_cameras()}
-        self.backend, self.backend_reason = on_passing_thread(
-            lambda: open_backend(self.loaded, cfg.backend, cfg.device, cfg.precision, cfg.batch, cfg.engine_cache_path),
-            "open-backend",
-        )
+        self.backend, self.backend_reason = on_passing_thread(self._open_backend, "open-backend")
         info = self.backend.info
         log.info(
             "backend", extra={"fields": {"backend": info.name, "device": info.device, "reason": self.backend_reason}}
@@ -86,6 +84,13 @@ class Agent:
                     f"health.prometheus_port: cannot listen on {cfg.health.prometheus_port}: {exc.strerror}"
                 ) from None
         self._wire()
+
+    def _open_backend(self) -> tuple[Backend, str]:
+        cfg = self.cfg
+        cache = cfg.engine_cache_path
+        backend, reason = open_backend(self.loaded, cfg.backend, cfg.device, cfg.precision, cfg.batch, cache)
+        backend.time_alone()  # the cameras have not started: the model is alone on the cores
+        return backend, reason
 
     def _open_cameras(self) -> list[CameraRuntime]:
         """Each enabled camera with the profile of the line it judges (README, "Which line a camera judges")."""

@@ -268,7 +268,11 @@ def test_onnxruntime_reopens_its_session_for_the_cameras_share_and_stays_near_a_
     from hgad.runtime.onnx_backend import FEWER_THREADS_FROM, SPIN_BELOW
 
     backend, _ = open_backend(tiny_model, "onnxruntime", "cpu", cache_dir=tmp_path)
-    assert backend.cores == 2 and backend.frame_ms > 0 and pool(backend) == (2, "1")
+    assert backend.frame_ms is None  # only the agent asks for the model's time alone
+    backend.share_cores(1e6)  # and without it the pool stands
+    assert pool(backend) == (2, "1")
+    backend.time_alone()
+    assert backend.cores == 2 and backend.frame_ms > 0
     frames = golden_frames(SIZE, 2)
     before = backend.infer(frames).scores
     seen = []

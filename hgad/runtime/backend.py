@@ -37,6 +37,11 @@ class Backend(ABC):
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         """`line` None scores class-agnostic; a class name scores class-aware for that line."""
 
+    def time_alone(self) -> None:  # noqa: B027 - optional hook
+        """Called once before other threads start on the same cores (the agent, before its cameras): a CPU
+        runtime times the model alone, what share_cores weighs the cameras against. The default (torch, a GPU
+        runtime) does nothing."""
+
     def share_cores(self, cameras_ms: float) -> None:  # noqa: B027 - optional hook
         """Told the CPU milliseconds other threads of the process spend per frame this backend scores (the
         cameras' reading, decoding and resizing), a CPU runtime may leave them cores. The default (torch, a

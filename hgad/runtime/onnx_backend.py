@@ -174,7 +174,8 @@ class OnnxRuntimeBackend(Backend):
             session = open_session(path, self.cores)
         self.session = session
         self.parity = require(self._check_parity(), "the ONNX graph", lambda: self.cache.discard(self.key))
-        self.frame_ms = self._time_frames()
+        # Set by time_alone, which only the agent calls: the bench, eval and export do not pay for it.
+        self.frame_ms: float | None = None
         self.info = BackendInfo(
             "onnxruntime", self._device(), "fp32", loaded.model_id,
             f"graph {self.cache.path(self.key).name} ({'built' if built else 'cached'})",
@@ -202,9 +203,10 @@ class OnnxRuntimeBackend(Backend):
         refs = (ref_scores.numpy(), ref_maps.numpy())
         return compare(*refs, scores, maps, "fp32", ref_ll.numpy()[in_range], ll[in_range])
 
-    def _time_frames(self, runs: int = 3) -> float:
-        """Milliseconds per frame alone on the cores (golden frames, after the parity check's warm run):
-        what the cameras' CPU time is weighed against."""
+    def time_alone(self, runs: int = 3) -> None:
+        """Milliseconds per frame alone on the cores (golden frames, after the parity check's warm run; the
+        median of `runs`): what the cameras' CPU time is weighed against. Timed beside running cameras, the
+        model's time would grow with their share and hide it."""
         frames = golden_frames(self.image_size, self.batch)
         bias = self.loaded.model.class_bias(None, self.batch).numpy()
         times = []
@@ -212,9 +214,11 @@ class OnnxRuntimeBackend(Backend):
             t0 = time.perf_counter()
             self._run(frames, bias)
             times.append((time.perf_counter() - t0) * 1000.0 / self.batch)
-        return float(np.median(times))
+        self.frame_ms = float(np.median(times))
 
     def share_cores(self, cameras_ms: float) -> None:
+        if self.frame_ms is None:  # never timed alone: nothing to weigh the cameras against
+            return
         share = cameras_ms / (self.frame_ms * self.cores)
         workers = workers_for(share, self.cores)
         # Near a bound, the pool in hand stands if it is the answer on either side of it.
