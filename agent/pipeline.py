@@ -54,6 +54,7 @@ class Pipeline:
         self.batches = 0
         self.errors = 0
         self._share_at, self._share_from = SHARE_FIRST, (0.0, 0)
+        self._next_camera = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pipeline", daemon=True)
 
@@ -85,11 +86,18 @@ class Pipeline:
                 log.exception("pipeline task failed")
 
     def _gather(self) -> list[tuple[CameraRuntime, Frame]]:
+        """Up to a batch of newest frames, the cameras asked in turn from the one after the last served: live
+        cameras faster than the model always have a frame, and asking from the first every time would judge
+        the first camera's alone."""
         got = []
-        for rt in self.cameras:
+        n, first = len(self.cameras), self._next_camera
+        for k in range(n):
+            i = (first + k) % n
+            rt = self.cameras[i]
             f = rt.camera.take()
             if f is not None:
                 got.append((rt, f))
+                self._next_camera = (i + 1) % n
                 if len(got) >= self.batch:
                     break
         return got

@@ -105,3 +105,24 @@ def test_commands_run_on_the_pipeline_thread_and_cameras_share_a_batch(tmp_path,
     assert threads == ["pipeline"] and [rt.frames for rt in rts] == [FRAMES, FRAMES]
     assert pipe.batches < 2 * FRAMES  # frames of both cameras went through shared backend calls
     assert {"wait", "infer", "judge"} <= set(pipe.stages.summary())
+
+
+def test_cameras_that_always_have_a_frame_are_served_in_turn(tmp_path, backend, tiny_model):
+    """Live cameras faster than the model always hold a newest frame; so do recordings read losslessly, whose
+    camera refills its slot as soon as it is taken. With a batch of one, each gather must serve the next
+    camera, not the first one again."""
+    rts = [_runtime(tmp_path, n, 1e9, tiny_model.model_id) for n in ("a", "b", "c")]
+    pipe = Pipeline(backend, rts, 1, lambda *a: None, lambda rt: None, lambda rt: None)
+    for rt in rts:
+        rt.camera.start()
+    served = []
+    try:
+        for _ in range(7):
+            for rt in rts:  # every camera holds a frame
+                while rt.camera._slot is None:
+                    rt.camera.wait_any(0.05)
+            served += [rt.name for rt, _ in pipe._gather()]
+    finally:
+        for rt in rts:
+            rt.camera.stop()
+    assert served == ["a", "b", "c", "a", "b", "c", "a"]
