@@ -2,9 +2,10 @@
 
 Sources: a device index (V4L2), a video file (optionally looped), an RTSP/HTTP(S) URL, a GStreamer
 pipeline (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`), or a folder of images. Live sources hand over
-only the newest frame (older ones are dropped and counted); recordings are lossless by default so every
-frame is judged. A source that fails to open, stalls or ends is reported down and reopened with
-exponential backoff; corrupt frames and undecodable images are counted and skipped.
+only the newest frame (older ones are dropped and counted) and decode only the frames the pipeline may take
+(decode_pacer.py); recordings are lossless by default so every frame is judged. A source that fails to
+open, stalls or ends is reported down and reopened with exponential backoff; corrupt frames and undecodable
+images are counted and skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hgad.data.images import IMAGE_EXTENSIONS
 from hgad.runtime.preprocess import to_batch
 
 from .config import CameraConfig
+from .decode_pacer import DecodePacer
 from .health import Rate, StageTimes
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class CameraStats:
     down_since: float | None = None
     frame: str | None = None  # WIDTHxHEIGHT of the latest frame: the mode the camera actually delivers
     cpu_s: float = 0.0  # CPU seconds this camera's thread spent reading, decoding and resizing its frames
+    decoded: int = 0  # frames decoded: a live source leaves those the pipeline will not take undecoded
 
 
 def gstreamer_available() -> bool:
@@ -87,16 +90,25 @@ class FolderCapture:
         return bool(self.files)
 
     def read(self) -> tuple[bool, np.ndarray | None]:
-        while self.pos < len(self.files):
-            f = self.files[self.pos]
-            self.pos += 1
-            if not f.is_file():
-                continue  # removed since the folder was listed: gone, not corrupt (and OpenCV would warn)
-            img = cv2.imread(str(f), cv2.IMREAD_COLOR)
-            if img is not None:
+        while self.grab():
+            ok, img = self.retrieve()
+            if ok:
                 return True, img
             self.undecodable += 1
         return False, None
+
+    def grab(self) -> bool:
+        """The next image that is still there (one removed since the folder was listed is gone, not corrupt,
+        and OpenCV would warn)."""
+        while self.pos < len(self.files):
+            self.pos += 1
+            if self.files[self.pos - 1].is_file():
+                return True
+        return False
+
+    def retrieve(self) -> tuple[bool, np.ndarray | None]:
+        img = cv2.imread(str(self.files[self.pos - 1]), cv2.IMREAD_COLOR)
+        return img is not None, img
 
     def get(self, prop: int) -> float:
         if prop == cv2.CAP_PROP_FRAME_COUNT:
@@ -183,6 +195,7 @@ class Camera:
         self.stages = stages or StageTimes()
         self.recording = self.kind in ("file", "folder")
         self.lossless = self.recording and not cfg.realtime
+        self.pacer = None if self.lossless else DecodePacer()
         self.stats = CameraStats()
         self.rate = Rate()  # frames read per second
         self._cond = threading.Condition()
@@ -213,6 +226,8 @@ class Camera:
             frame, self._slot = self._slot, None
             if frame is not None:
                 self.stats.delivered += 1
+                if self.pacer is not None:
+                    self.pacer.taken(time.monotonic())
                 self._cond.notify_all()  # a lossless producer waits for the slot to empty
             return frame
 
@@ -275,6 +290,7 @@ class Camera:
     def _put(self, image: np.ndarray, index: int) -> None:
         now_mono = time.monotonic()
         frame = Frame(self.name, index, image, time.time(), now_mono)
+        self.stats.decoded += 1
         self.stats.frame = f"{image.shape[1]}x{image.shape[0]}"
         if self.model_size:
             frame.model_input = to_batch([image], self.model_size)[0]
@@ -343,6 +359,28 @@ class Camera:
                 extra={"fields": self._fields(missed="; ".join(missed))},
             )
 
+    def _read(self, cap) -> tuple[bool, np.ndarray | None, bool]:
+        """(read, image, decoded). A lossless source reads every frame; a live one grabs every frame and
+        decodes those the pipeline may take (decode_pacer.py). A frame that does not decode is (True, None,
+        True)."""
+        if self.pacer is None:
+            ok, img = cap.read()
+            return ok, img, True
+        if not cap.grab():
+            return False, None, True
+        if not self.pacer.grabbed(time.monotonic(), self._slot is None):
+            return True, None, False
+        ok, img = cap.retrieve()
+        return True, img if ok else None, True
+
+    def _skip(self, now_mono: float) -> None:
+        """A live frame grabbed and left undecoded: the pipeline would not have taken it."""
+        with self._cond:
+            self.stats.frames_in += 1
+            self.stats.dropped += 1
+            self.rate.tick(now_mono)
+            self.last_frame_mono = now_mono
+
     def _read_loop(self, cap, period: float, index: int) -> tuple[str, int]:
         """Read until the source ends, fails or is told to reopen. Returns (why, next index)."""
         bad = 0
@@ -353,16 +391,20 @@ class Camera:
         while not self._stop.is_set() and not self._reopen.is_set():
             read_start, cpu_start = time.monotonic(), time.thread_time()
             try:
-                ok, img = cap.read()
+                ok, img, decoded = self._read(cap)
             except cv2.error as exc:
-                ok, img = False, None
+                ok, img, decoded = False, None, True
                 self.stats.last_error = str(exc).splitlines()[0]
-            if ok and img is not None and img.size and img.ndim in (2, 3) and img.dtype == np.uint8:
-                self.stages.add("decode", (time.monotonic() - read_start) * 1000.0)
+            good = ok and img is not None and img.size and img.ndim in (2, 3) and img.dtype == np.uint8
+            if good or (ok and not decoded):
                 bad = 0
                 delivered = True
                 self._mark_up()
-                self._put(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), index)
+                if good:
+                    self.stages.add("decode", (time.monotonic() - read_start) * 1000.0)
+                    self._put(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), index)
+                else:
+                    self._skip(time.monotonic())
                 self.stats.cpu_s += time.thread_time() - cpu_start  # waiting for a frame or the slot is not CPU
                 index += 1
                 if period:

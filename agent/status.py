@@ -59,6 +59,7 @@ def camera_stats(rt: CameraRuntime, now: float) -> dict[str, Any]:
         "fps_in": rt.camera.rate.per_second(now),
         "fps_processed": rt.processed.per_second(now),
         "frames_in": s.frames_in,
+        "decoded": s.decoded,
         "frame": s.frame,
         "processed": rt.frames,
         "active_s": round(rt.last_mono - rt.first_mono, 3) if rt.first_mono and rt.last_mono else 0.0,

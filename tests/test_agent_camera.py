@@ -52,6 +52,7 @@ def test_a_realtime_recording_plays_at_its_own_frame_rate(tmp_path):
     took = time.monotonic() - t0
     cam.stop()
     assert cam.stats.frames_in == 30 and got
+    assert cam.stats.decoded == 30  # a consumer that keeps up takes every frame: each is decoded
     assert 1.2 < took < 6.0, f"a 1.5 s recording took {took:.1f} s to play"
 
 
@@ -71,6 +72,28 @@ def test_live_like_source_drops_old_frames_and_counts_them(tmp_path):
     assert cam.stats.dropped > 0
     assert cam.stats.frames_in == 60
     assert len(got) + cam.stats.dropped >= 59  # every frame was either delivered or counted as dropped
+
+
+def test_a_live_source_decodes_only_the_frames_a_slow_consumer_may_take(tmp_path):
+    """100 frames/s against a consumer taking about 12 a second: most frames are grabbed and never decoded,
+    and what the consumer takes is still among the newest frames grabbed."""
+    video = write_video(tmp_path / "v.avi", _frames(200), fps=100.0)
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l", realtime=True))
+    cam.start()
+    got, lags = [], []
+    while not cam.stats.ended:
+        f = cam.take()
+        if f is not None:
+            got.append(f)
+            lags.append(cam.stats.frames_in - 1 - f.index)  # frames grabbed since the one taken
+            time.sleep(0.08)  # the consumer's own work: a model slower than the camera
+        else:
+            cam.wait_any(0.05)
+    cam.stop()
+    assert cam.stats.frames_in == 200 and len(got) >= 5
+    assert len(got) <= cam.stats.decoded < 0.6 * cam.stats.frames_in
+    assert cam.stats.delivered + cam.stats.dropped >= 199  # undecoded frames are counted as dropped
+    assert sorted(lags)[len(lags) // 2] <= 3, lags
 
 
 def test_folder_source_counts_undecodable_images(tmp_path):
@@ -160,8 +183,8 @@ def test_the_camera_thread_resizes_for_the_model_and_times_it(tmp_path):
 
 
 class _FakeDevice:
-    """Stands in for a V4L2 camera, which cannot exist on a machine without one: OpenCV's get/set/read. It
-    grants a mode up to 1280x720 at 30 frames/s, in MJPG or YUYV."""
+    """Stands in for a V4L2 camera, which cannot exist on a machine without one: OpenCV's get/set/read and
+    grab/retrieve. It grants a mode up to 1280x720 at 30 frames/s, in MJPG or YUYV."""
 
     def __init__(self):
         self.props = {cv2.CAP_PROP_FOURCC: float(cv2.VideoWriter_fourcc(*"YUYV")), cv2.CAP_PROP_FRAME_WIDTH: 640.0,
@@ -183,9 +206,16 @@ class _FakeDevice:
     def isOpened(self):
         return True
 
-    def read(self):
+    def grab(self):
+        return True
+
+    def retrieve(self):
         w, h = int(self.props[cv2.CAP_PROP_FRAME_WIDTH]), int(self.props[cv2.CAP_PROP_FRAME_HEIGHT])
         return True, np.zeros((h, w, 3), np.uint8)
+
+    def read(self):
+        self.grab()
+        return self.retrieve()
 
     def release(self):
         pass
