@@ -320,6 +320,8 @@ class Camera:
             self.stats.opens += 1
             if self.stats.opens > 1:
                 self.stats.reconnects += 1
+                if self.pacer is not None:  # the time the source was away is neither a frame nor a take period
+                    self.pacer = DecodePacer()
             if self.kind == "device":
                 self._ask_mode(cap)
             self._cap = cap

@@ -245,9 +245,13 @@ def test_a_device_that_refuses_its_mode_is_one_warning_and_still_delivers(monkey
     with caplog.at_level("INFO", logger="agent.camera"):
         cam.start()
         got = _drain(cam, lambda c, g: len(g) >= 3)
+        before = cam.pacer
+        assert before.last_take is not None
         cam._reopen.set()  # a reopen asks again, and does not warn again
         _drain(cam, lambda c, g: c.stats.opens >= 2 and len(g) >= 2)
         cam.stop()
+    # The pacer starts afresh: the time the source was away is not a period between frames or takes.
+    assert cam.pacer is not before
     assert got and got[0].image.shape == (720, 1280, 3)  # what the camera gave
     assert cam.stats.frame == "1280x720"  # and what the stats message says it gives
     warned = [r for r in caplog.records if r.levelname == "WARNING"]
