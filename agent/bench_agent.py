@@ -1,9 +1,11 @@
 """`hgad-edge bench --agent`: the real agent on camera-sized recordings, beside the bare model.
 
 The agent runs as users run it (`hgad-edge run --exit-when-done`, its own process) on N cameras that each
-play the same lossless-read recording of camera-sized frames (MJPG, as many USB cameras deliver), against a
-broker, with the bench's backend. Its frames/s (all cameras together, over the time they were judging) is set
-beside the bare model's frames/s at batch 1 on frames of the same size, measured just before in this process.
+play the same recording of camera-sized frames (MJPG, as many USB cameras deliver), against a broker, with the
+bench's backend: read losslessly, every frame judged, or with `--camera-fps` played in real time as live
+cameras deliver frames (the newest is judged, the rest skipped, most of them never decoded). Its frames/s (all
+cameras together, over the time they were judging) is set beside the bare model's frames/s at batch 1 on
+frames of the same size, measured just before in this process.
 Start-up is timed from the command to systemd's READY (read from a real notify socket) and to the first
 judged frame.
 """
@@ -36,6 +38,9 @@ from .config import WebConfig
 from .demo import run_agent
 from .local_broker import Subscriber, local_broker
 
+# Frames per camera recording at most (a full-HD MJPG frame is a few hundred KB on disk).
+MAX_FRAMES = 1800
+
 
 @dataclass(frozen=True)
 class AgentBenchSpec:
@@ -46,6 +51,9 @@ class AgentBenchSpec:
     seconds: float = 15.0  # of judging to aim for
     engine_cache: Path | None = None  # the bench's, so that the agent loads the graph the bench built
     console: bool = False  # also run it with the web console open in a headless Chromium on the cameras page
+    # Frames/s each camera delivers, played in real time as a live camera delivers them (the newest frame is
+    # judged); None: the recording is read losslessly and every frame is judged.
+    camera_fps: float | None = None
 
 
 def camera_frames(size: int, frame_hw: tuple[int, int], n: int) -> list[np.ndarray]:
@@ -56,9 +64,9 @@ def camera_frames(size: int, frame_hw: tuple[int, int], n: int) -> list[np.ndarr
     return [big[1] if i % 40 >= 36 else big[0] for i in range(n)]
 
 
-def write_recording(path: Path, frames: list[np.ndarray]) -> Path:
+def write_recording(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> Path:
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
     if not writer.isOpened():
         raise HgadError(f"OpenCV cannot write an MJPG recording to {path}")
     for f in frames:
@@ -118,7 +126,10 @@ def _config(
         "device_id": "bench",
         "backend": spec.backend,
         "engine_cache": str(spec.engine_cache.resolve()) if spec.engine_cache else None,
-        "cameras": [{"name": f"cam{i}", "source": str(video), "line": line} for i in range(spec.cameras)],
+        "cameras": [
+            {"name": f"cam{i}", "source": str(video), "line": line, "realtime": spec.camera_fps is not None}
+            for i in range(spec.cameras)
+        ],
         "mqtt": {"host": host, "port": port},
         "storage": {"state_dir": str(spec.workdir / "state")},
         "health": {"stats_interval_s": 1.0, "state_interval_s": 1.0},
@@ -140,9 +151,13 @@ def run_agent_bench(
     measures it once more after the agent's run, and the ratio is to the mean of the two: on a shared machine
     whose speed drifts, a rate taken on one side of a 15-second run can be off by a third."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
-    n = int(np.clip(bare_fps * spec.seconds / spec.cameras, 40, 600))
+    # Played in real time the run lasts spec.seconds whatever the model's speed; read losslessly, about as long.
+    n = spec.camera_fps * spec.seconds if spec.camera_fps else bare_fps * spec.seconds / spec.cameras
+    n = int(np.clip(n, 40, MAX_FRAMES))
     frames = camera_frames(loaded.model.cfg.image_size, spec.frame, n)
-    video = write_recording(spec.workdir / f"camera-{spec.frame[1]}x{spec.frame[0]}.avi", frames)
+    video = write_recording(
+        spec.workdir / f"camera-{spec.frame[1]}x{spec.frame[0]}.avi", frames, spec.camera_fps or 25.0
+    )
     line = calibrate_line(loaded, backend, paths.database(spec.workdir / "state"), frames)
     with local_broker() as (host, port, how):
         run = _run_once(spec, loaded, video, line, host, port)
@@ -160,8 +175,13 @@ def agent_summary(r: dict[str, Any]) -> str:
     bare = f"{before:.1f} before, {after:.1f} after" if after else f"{before:.1f}"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
     start = r["startup_s"]
+    live = ""
+    if r.get("camera_fps"):
+        counts = r["camera_frames"].values()
+        decoded, delivered = sum(c["decoded"] or 0 for c in counts), sum(c["in"] or 0 for c in counts)
+        live = f" at {r['camera_fps']:g} frames/s each ({decoded} of {delivered} frames decoded)"
     return (
-        f"agent, {r['cameras']} camera(s) of {w}x{h}: {r['agent_fps']:.1f} frames/s against the bare model's "
+        f"agent, {r['cameras']} camera(s) of {w}x{h}{live}: {r['agent_fps']:.1f} frames/s against the bare model's "
         f"{r['bare_model_fps_batch1']:.1f} ({bare}): ratio {r['agent_to_model_fps_ratio']}; stages ({stages} ms); "
         f"READY after {start['ready']} s, first judged frame after {start['first_judged_frame']} s"
     )
@@ -225,7 +245,13 @@ def _result(
         "cameras": spec.cameras,
         "camera_frame": list(spec.frame),
         "frames_per_camera": n,
+        "camera_fps": spec.camera_fps,  # None: every frame judged
         "processed": sum(c["processed"] for c in every),
+        # Per camera: frames delivered, decoded (a live camera skips those the pipeline will not take), judged.
+        "camera_frames": {
+            name: {"in": c.get("frames_in"), "decoded": c.get("decoded"), "judged": c["processed"]}
+            for name, c in stats["cameras"].items()
+        },
         "broker": how,
         "agent_fps": round(fps, 2),
         "bare_model_fps_batch1": round(bare_fps, 2),

@@ -439,6 +439,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     if a.model is None and not a.demo:
         raise BadInputError("bench: give --model MODEL_DIR, or --demo for the demo's model")
+    if (a.camera_fps or a.seconds) and not a.agent:
+        raise BadInputError("bench: --camera-fps and --seconds set the agent's run; add --agent")
     _output_file(a.json, "--json")
     if a.demo:
         from .demo import DemoSpec, prepare_model
@@ -452,12 +454,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.agent:
         from .bench_agent import AgentBenchSpec, agent_summary, run_agent_bench
 
+        live = f"-{a.camera_fps:g}fps" if a.camera_fps else ""
         workdir = (
             a.json.parent if a.json else Path("bench-out")
-        ).resolve() / f"agent-{backend.info.name}-{a.cameras}cam"
+        ).resolve() / f"agent-{backend.info.name}-{a.cameras}cam{live}"
         spec = AgentBenchSpec(
-            workdir, backend.info.name, a.cameras, a.frame, engine_cache=paths.engine_cache(a.cache), console=a.console
-        )
+            workdir, backend.info.name, a.cameras, a.frame, engine_cache=paths.engine_cache(a.cache),
+            console=a.console, camera_fps=a.camera_fps, seconds=a.seconds or AgentBenchSpec.seconds,
+        )  # fmt: skip
 
         def bare_again() -> float:
             return run_bench(backend, 1, a.iters, camera_shape=a.frame)["batches"]["1"]["fps"]
@@ -468,6 +472,20 @@ def cmd_bench(a: argparse.Namespace) -> int:
         print(agent_summary(result["agent"]))
     _write_json(a.json, result)
     return EXIT_OK
+
+
+def _seconds(value: str) -> float:
+    v = _number(value)
+    if not 1.0 <= v <= 3600.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a run length in seconds (1 to 3600, e.g. 60)")
+    return v
+
+
+def _camera_fps(value: str) -> float:
+    v = _number(value)
+    if not 1.0 <= v <= 240.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a camera frame rate (1 to 240 frames/s, e.g. 25)")
+    return v
 
 
 def _frame(value: str) -> tuple[int, int]:
@@ -639,6 +657,16 @@ def _bench(sub, common) -> None:
     b.add_argument("--json", type=Path, help="write the results as JSON")
     b.add_argument("--agent", action="store_true", help="also run the real agent on camera-sized recordings")
     b.add_argument("--cameras", type=_positive, default=1, help="--agent: cameras sharing the model")
+    b.add_argument(
+        "--camera-fps", type=_camera_fps,
+        help="--agent: cameras deliver this many frames/s each, as live cameras do (the newest frame is judged, "
+        "the rest skipped); default: every frame of the recording is judged",
+    )  # fmt: skip
+    b.add_argument(
+        "--seconds",
+        type=_seconds,
+        help="--agent: how long the agent's run aims to last (default 15; longer is steadier)",
+    )
     b.add_argument(
         "--console", action="store_true", help="--agent: run it again with the console open in a headless Chromium"
     )

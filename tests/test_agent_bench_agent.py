@@ -26,7 +26,8 @@ def test_bench_agent_json(tiny_model_dir, tmp_path):
     out = tmp_path / "bench-out" / "bench.json"
     # Paths relative to where it is run from, as `make bench` gives them.
     r = hgad_cli("bench", "--model", str(tiny_model_dir), "--backend", "torch", "--batch", "2", "--iters", "3",
-                 "--agent", "--cameras", "2", "--frame", "320x180", "--console", "--json", "bench-out/bench.json",
+                 "--agent", "--cameras", "2", "--frame", "320x180", "--seconds", "4", "--console", "--json",
+                 "bench-out/bench.json",
                  cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "agent, 2 camera(s) of 320x180: " in r.stdout and "ratio " in r.stdout  # said, not only in the JSON
@@ -64,3 +65,26 @@ def test_the_agent_rate_of_several_cameras_is_frames_over_the_time_they_took_tog
     # Measured again after the run at 4.4 frames/s: the ratio is to the mean, 4.2.
     assert _result(spec, stats, 4.0, 10, "a broker", 90.0, 95.0, 4.4)["agent_to_model_fps_ratio"] == round(2 / 4.2, 3)
     assert result["processed"] == 20 and result["startup_s"] == {"ready": 5.0, "first_judged_frame": 10.0}
+
+
+def test_bench_agent_with_live_cameras_counts_each_cameras_frames(tiny_model_dir, tmp_path):
+    """--camera-fps plays the recording in real time, as live cameras deliver frames, for --seconds."""
+    out = tmp_path / "live.json"
+    r = hgad_cli("bench", "--model", str(tiny_model_dir), "--backend", "torch", "--batch", "2", "--iters", "3",
+                 "--agent", "--cameras", "2", "--frame", "320x180", "--camera-fps", "30", "--seconds", "3",
+                 "--json", str(out), cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "agent, 2 camera(s) of 320x180 at 30 frames/s each (" in r.stdout and "frames decoded)" in r.stdout
+    agent = json.loads(out.read_text())["agent"]
+    assert agent["camera_fps"] == 30 and agent["frames_per_camera"] == 90
+    assert set(agent["camera_frames"]) == {"cam0", "cam1"}
+    for counts in agent["camera_frames"].values():  # every frame delivered; both cameras judged
+        assert counts["in"] == 90 and 0 < counts["judged"] <= counts["decoded"] <= counts["in"], counts
+    assert agent["processed"] == sum(c["judged"] for c in agent["camera_frames"].values())
+
+
+def test_bench_live_options_need_the_agent(tiny_model_dir, tmp_path):
+    r = hgad_cli("bench", "--model", str(tiny_model_dir), "--camera-fps", "30", cwd=tmp_path)
+    assert r.returncode != 0 and "add --agent" in r.stderr and "Traceback" not in r.stderr
+    r = hgad_cli("bench", "--model", str(tiny_model_dir), "--agent", "--camera-fps", "500", cwd=tmp_path)
+    assert r.returncode != 0 and "not a camera frame rate (1 to 240" in r.stderr and "Traceback" not in r.stderr
