@@ -474,18 +474,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _seconds(value: str) -> float:
-    v = _number(value)
-    if not 1.0 <= v <= 3600.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a run length in seconds (1 to 3600, e.g. 60)")
-    return v
+def _number_in(low: float, high: float, what: str, hint: str) -> Callable[[str], float]:
+    """An argparse type: a number from low to high. A refusal names `what` it must be, then the range followed
+    by `hint` (a unit, an example)."""
 
+    def check(value: str) -> float:
+        v = _number(value)
+        if not low <= v <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not {what} ({low:g} to {high:g}{hint})")
+        return v
 
-def _camera_fps(value: str) -> float:
-    v = _number(value)
-    if not 1.0 <= v <= 240.0:
-        raise argparse.ArgumentTypeError(f"{value} is not a camera frame rate (1 to 240 frames/s, e.g. 25)")
-    return v
+    return check
 
 
 def _frame(value: str) -> tuple[int, int]:
@@ -658,13 +657,13 @@ def _bench(sub, common) -> None:
     b.add_argument("--agent", action="store_true", help="also run the real agent on camera-sized recordings")
     b.add_argument("--cameras", type=_positive, default=1, help="--agent: cameras sharing the model")
     b.add_argument(
-        "--camera-fps", type=_camera_fps,
+        "--camera-fps", type=_number_in(1, 240, "a camera frame rate", " frames/s, e.g. 25"),
         help="--agent: cameras deliver this many frames/s each, as live cameras do (the newest frame is judged, "
         "the rest skipped); default: every frame of the recording is judged",
     )  # fmt: skip
     b.add_argument(
         "--seconds",
-        type=_seconds,
+        type=_number_in(1, 3600, "a run length in seconds", ", e.g. 60"),
         help="--agent: how long the agent's run aims to last (default 15; longer is steadier)",
     )
     b.add_argument(

@@ -38,19 +38,18 @@ def default_model(out: Path) -> Path:
 def runs(out: Path, model: Path) -> list[tuple[str, list[str]]]:
     """(json name, bench arguments) of the matrix."""
     plan = []
+    extra = ["--backend", "onnxruntime", "--batch", "1", "--iters", "10", "--agent"]
     for name, source in (("demo", ["--demo"]), ("default", ["--model", str(model)])):
         for backend in ("torch", "onnxruntime"):
             plan.append((f"{name}-{backend}", [*source, "--backend", backend, "--agent"]))
         for frame, cameras in ((FRAMES[1], "1"), (FRAMES[0], "4"), (FRAMES[1], "4")):
-            extra = ["--backend", "onnxruntime", "--batch", "1", "--iters", "10", "--agent"]
             plan.append(
                 (f"{name}-onnxruntime-{frame}-{cameras}cam", [*source, *extra, "--frame", frame, "--cameras", cameras])
             )
     # Two live full-HD cameras at 25 frames/s beside the default recipe: more frames than the model can judge,
     # so the cameras leave most of them undecoded.
-    live = ["--backend", "onnxruntime", "--batch", "1", "--iters", "10", "--agent", "--frame", FRAMES[1]]
-    plan.append(("default-onnxruntime-live-25fps-2cam", ["--model", str(model), *live, "--cameras", "2",
-                                                         "--camera-fps", "25", "--seconds", "30"]))  # fmt: skip
+    live = ["--frame", FRAMES[1], "--cameras", "2", "--camera-fps", "25", "--seconds", "30"]
+    plan.append(("default-onnxruntime-live-25fps-2cam", ["--model", str(model), *extra, *live]))
     return plan
 
 
