@@ -54,6 +54,10 @@ class AgentBenchSpec:
     # Frames/s each camera delivers, played in real time as a live camera delivers them (the newest frame is
     # judged); None: the recording is read losslessly and every frame is judged.
     camera_fps: float | None = None
+    # Where and how the agent runs the model: the bench's own, so that the agent is set beside the bare model it
+    # was measured against (on a GPU box `auto` alone would run fp32 on CUDA whatever the bench measured).
+    device: str = "auto"
+    precision: str | None = None
 
 
 def camera_frames(size: int, frame_hw: tuple[int, int], n: int) -> list[np.ndarray]:
@@ -125,6 +129,8 @@ def _config(
         "model": str(model),
         "device_id": "bench",
         "backend": spec.backend,
+        "device": spec.device,
+        "precision": spec.precision,
         "engine_cache": str(spec.engine_cache.resolve()) if spec.engine_cache else None,
         "cameras": [
             {"name": f"cam{i}", "source": str(video), "line": line, "realtime": spec.camera_fps is not None}

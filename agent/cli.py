@@ -461,6 +461,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         spec = AgentBenchSpec(
             workdir, backend.info.name, a.cameras, a.frame, engine_cache=paths.engine_cache(a.cache),
             console=a.console, camera_fps=a.camera_fps, seconds=a.seconds or AgentBenchSpec.seconds,
+            device=backend.runs_on(), precision=backend.info.precision,
         )  # fmt: skip
 
         def bare_again() -> float:

@@ -46,10 +46,24 @@ def test_bench_agent_json(tiny_model_dir, tmp_path):
     start = agent["startup_s"]
     assert start["ready"] > 0 and 0 < start["first_judged_frame"] < 120
     assert agent["backend"]["name"] == "torch" and agent["agent_peak_rss_mb"] > 0
+    # The agent ran the model where and as the bench measured it.
+    assert (agent["backend"]["device"], agent["backend"]["precision"]) == (result["device"], result["precision"])
     # The same run with the console open: asked for by a remote viewer, and rendered by a local Chromium.
     for viewer in ("remote_viewer", "local_chromium"):
         seen = agent["console"][viewer]
         assert seen["agent_fps"] > 0 and seen["ratio_to_without"] > 0 and seen["frames_shown"] > 0, seen
+
+
+def test_the_agent_runs_the_model_on_the_benchs_device_and_precision(tiny_model_dir, tmp_path):
+    """On a GPU box `bench --backend torch --precision fp16` must set the agent beside an fp16 model on the same
+    device, not the agent's defaults (fp32, CUDA where there is one)."""
+    from agent.bench_agent import AgentBenchSpec, _config
+    from agent.config import load_config
+
+    spec = AgentBenchSpec(tmp_path, "torch", 1, (180, 320), device="cpu", precision="fp16")
+    video = write_recording(tmp_path / "v.avi", camera_frames(SIZE, (180, 320), 2))
+    cfg = load_config(_config(spec, tiny_model_dir, video, "a", "127.0.0.1", 1883))
+    assert (cfg.backend, cfg.device, cfg.precision) == ("torch", "cpu", "fp16")
 
 
 def test_the_agent_rate_of_several_cameras_is_frames_over_the_time_they_took_together(tmp_path):

@@ -37,6 +37,11 @@ class Backend(ABC):
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         """`line` None scores class-agnostic; a class name scores class-aware for that line."""
 
+    def runs_on(self) -> str:
+        """Where it runs, as the agent's `device` setting spells it (cpu, cuda:N): another process that must run
+        the model as this one does (the agent beside the bench) is given it. The default: a CPU runtime."""
+        return "cpu"
+
     def time_alone(self) -> None:  # noqa: B027 - optional hook
         """Called once before other threads start on the same cores (the agent, before its cameras): a CPU
         runtime times the model alone, what share_cores weighs the cameras against. The default (torch, a GPU

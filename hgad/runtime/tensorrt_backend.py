@@ -218,6 +218,9 @@ class TensorRTBackend(Backend):
         maps, scores = self._run(frames, bias)
         return compare(ref_scores.float().cpu().numpy(), ref_maps.float().cpu().numpy(), scores, maps, self.precision)
 
+    def runs_on(self) -> str:
+        return str(self.device)
+
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         self.check_line(line)
         bias = self.loaded.model.class_bias(line, frames.shape[0])

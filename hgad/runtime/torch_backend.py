@@ -63,6 +63,9 @@ class TorchBackend(Backend):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def runs_on(self) -> str:
+        return str(self.device)
+
     @torch.inference_mode()
     def infer(self, frames: np.ndarray, line: str | None = None) -> Inference:
         self.check_line(line)
