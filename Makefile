@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_OUT ?= bench-out
 
-.PHONY: all setup test demo bench lint fmt debian-packages mosquitto clean
+.PHONY: all setup test demo bench gpu-kit lint fmt debian-packages mosquitto clean
 
 all: test
 
@@ -39,6 +39,12 @@ demo: setup
 bench: $(STAMP) debian-packages
 	PATH="$$PATH:/usr/sbin" $(BIN)/python -m benchmarks.bench_all $(BENCH_OUT)
 
+# What benchmarks/bench_gpu.sh needs on a GPU box that reaches no registry (a lent GPU machine), into gpu-kit/:
+# wheels for its Python (GPU_PYTHON) of the packages a CUDA PyTorch image lacks, and Debian's Mosquitto.
+GPU_PYTHON ?= 3.12
+gpu-kit: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu_kit gpu-kit --python $(GPU_PYTHON)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -48,4 +54,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out bench-out
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache demo-out bench-out gpu-kit

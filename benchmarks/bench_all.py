@@ -1,15 +1,19 @@
 """`make bench`: the benchmark matrix into one folder, and the README's table from it.
 
-    python -m benchmarks.bench_all OUT
+    python -m benchmarks.bench_all OUT [--device cuda]
 
 Models: the demo's (the recipe at 256 px) and the default recipe (768 px), the latter trained for speed only
-on a small synthetic set. For each model and backend (torch, onnxruntime): `hgad-edge bench --agent` at
-1280x720 with one camera (OUT/MODEL-BACKEND.json); for each model on onnxruntime (what `auto` takes on a CPU)
-the agent also at 1920x1080 and with four cameras. OUT/summary.md is the table; it names the machine.
+on a small synthetic set. On the CPU, for each model and backend (torch, onnxruntime): `hgad-edge bench
+--agent` at 1280x720 with one camera (OUT/MODEL-BACKEND.json); for each model on onnxruntime (what `auto` takes
+on a CPU) the agent also at 1920x1080 and with four cameras, and two live cameras beside the default recipe.
+On CUDA (`--device cuda`, what benchmarks/bench_gpu.sh runs on a GPU box): eager torch fp32 and fp16 for each
+model, fp16 also with four full-HD cameras, and TensorRT fp16 where torch-tensorrt imports (else the summary
+says why not). OUT/summary.md is the table; it names the machine.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -35,8 +39,10 @@ def default_model(out: Path) -> Path:
     return model
 
 
-def runs(out: Path, model: Path) -> list[tuple[str, list[str]]]:
-    """(json name, bench arguments) of the matrix."""
+def runs(out: Path, model: Path, device: str = "cpu", tensorrt: bool = False) -> list[tuple[str, list[str]]]:
+    """(json name, bench arguments) of the matrix on `device`; `tensorrt`: torch-tensorrt imports."""
+    if device != "cpu":
+        return gpu_runs(model, device, tensorrt)
     plan = []
     extra = ["--backend", "onnxruntime", "--batch", "1", "--iters", "10", "--agent"]
     for name, source in (("demo", ["--demo"]), ("default", ["--model", str(model)])):
@@ -53,11 +59,28 @@ def runs(out: Path, model: Path) -> list[tuple[str, list[str]]]:
     return plan
 
 
-def table(out: Path, names: list[str]) -> str:
-    host = json.loads((out / f"{names[0]}.json").read_text())["host"]
+def gpu_runs(model: Path, device: str, tensorrt: bool) -> list[tuple[str, list[str]]]:
+    """On CUDA the model takes milliseconds, so the agent's own work per frame is what the ratio shows."""
+    plan = []
+    for name, source in (("demo", ["--demo"]), ("default", ["--model", str(model)])):
+        gpu = [*source, "--device", device, "--agent"]
+        for precision in ("fp32", "fp16"):
+            plan.append((f"{name}-torch-{precision}", [*gpu, "--backend", "torch", "--precision", precision]))
+        four = ["--frame", FRAMES[1], "--cameras", "4"]
+        plan.append((f"{name}-torch-fp16-{FRAMES[1]}-4cam", [*gpu, "--backend", "torch", "--precision", "fp16", *four]))
+        if tensorrt:
+            plan.append((f"{name}-tensorrt-fp16", [*gpu, "--backend", "tensorrt", "--precision", "fp16"]))
+    return plan
+
+
+def table(out: Path, names: list[str], notes: tuple[str, ...] = ()) -> str:
+    first = json.loads((out / f"{names[0]}.json").read_text())
+    host = first["host"]
+    where, by = f"{host['cores']} cores of {host['cpu']} ({platform.machine()})", "`make bench`"
+    if first["device"].startswith("cuda"):
+        where, by = f"{first['device']} beside {where}", "`bash benchmarks/bench_gpu.sh`"
     lines = [
-        f"Measured by `make bench` on {host['cores']} cores of {host['cpu']} ({platform.machine()}); "
-        "camera frames MJPG-decoded, resized, judged by the real agent against a broker.",
+        f"Measured by {by} on {where}; camera frames MJPG-decoded, resized, judged by the real agent against a broker.",
         "",
         "| model | backend | frame | cameras | model ms/frame (batch 1) | model frames/s | agent frames/s "
         "| agent/model | start to READY / first frame (s) |",
@@ -70,22 +93,37 @@ def table(out: Path, names: list[str]) -> str:
         h, w = a["camera_frame"]
         s = a["startup_s"]
         cameras = f"{a['cameras']} live at {a['camera_fps']:g} fps" if a.get("camera_fps") else a["cameras"]
+        backend = r["backend"] if r["precision"] == "fp32" else f"{r['backend']} {r['precision']}"
         lines.append(
-            f"| {model} | {r['backend']} | {w}x{h} | {cameras} | {b1['ms_per_frame']:.1f} | {b1['fps']:.1f} | "
+            f"| {model} | {backend} | {w}x{h} | {cameras} | {b1['ms_per_frame']:.1f} | {b1['fps']:.1f} | "
             f"{a['agent_fps']:.1f} | {a['agent_to_model_fps_ratio']:.2f} | {s['ready']} / {s['first_judged_frame']} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, *("", *notes)] if notes else lines) + "\n"
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-out")
-    out.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_all", description=__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, nargs="?", default=Path("bench-out"), help="folder of the results")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for a GPU box's matrix")
+    a = parser.parse_args()
+    notes: tuple[str, ...] = ()
+    tensorrt = False
+    if a.device != "cpu":
+        import torch
+
+        from hgad.runtime.tensorrt_backend import tensorrt_status
+
+        if not a.device.startswith("cuda") or not torch.cuda.is_available():
+            sys.exit(f"bench_all: --device {a.device}: CUDA is not available here; use --device cpu")
+        tensorrt, why = tensorrt_status()
+        notes = () if tensorrt else (f"TensorRT not run: {why}.",)
+    a.out.mkdir(parents=True, exist_ok=True)
     names = []
-    for name, args in runs(out, default_model(out)):
-        hgad_edge("bench", *args, "--json", str(out / f"{name}.json"))
+    for name, args in runs(a.out, default_model(a.out), a.device, tensorrt):
+        hgad_edge("bench", *args, "--json", str(a.out / f"{name}.json"))
         names.append(name)
-    text = table(out, names)
-    (out / "summary.md").write_text(text)
+    text = table(a.out, names, notes)
+    (a.out / "summary.md").write_text(text)
     print(text)
 
 
