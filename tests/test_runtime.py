@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgad.errors import BadInputError
+from hgad.errors import BadInputError, HgadError
+from hgad.runtime import select
 from hgad.runtime.bench import run_bench
 from hgad.runtime.engine_cache import EngineCache, EngineKey
 from hgad.runtime.parity import golden_frames
@@ -125,6 +126,22 @@ def test_auto_falls_back_to_torch_for_a_precision_onnxruntime_does_not_run(tiny_
     assert backend.info.name == "torch" and "onnxruntime unavailable: it runs fp32, and fp16 was asked for" in reason
     if not tensorrt_status()[0]:
         assert "tensorrt unavailable" in reason
+
+
+def test_onnxruntime_by_name_runs_on_the_cpu_of_a_cuda_box_and_auto_leaves_the_gpu_to_torch(
+    tiny_model, tmp_path, monkeypatch
+):
+    # A CUDA GPU cannot exist here: only torch's answer to "is there one" is faked, for the choice alone.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend, reason = open_backend(tiny_model, "onnxruntime", "auto", cache_dir=tmp_path)
+    assert backend.info.name == "onnxruntime" and backend.runs_on() == "cpu"
+    with pytest.raises(HgadError, match="onnxruntime backend: it runs on the CPU, and device cuda was asked for"):
+        open_backend(tiny_model, "onnxruntime", "cuda", cache_dir=tmp_path)
+    attempts = []
+    monkeypatch.setattr(select, "TorchBackend", lambda *a: attempts.append(a) or "torch on cuda")
+    backend, reason = open_backend(tiny_model, "auto", "auto", cache_dir=tmp_path)
+    assert backend == "torch on cuda" and "onnxruntime unavailable: it runs on the CPU" in reason
+    assert attempts[0][1] == "auto"  # torch resolves `auto` to the GPU
 
 
 def test_staged_timings_add_up(tiny_model):

@@ -44,10 +44,12 @@ def _tensorrt(loaded, device, precision, batch, cache_dir, calibration) -> tuple
         raise HgadError(f"tensorrt backend: engine build failed: {type(exc).__name__}: {exc}") from exc
 
 
-def _onnxruntime(loaded, device, precision, batch, cache_dir) -> tuple[Backend, str]:
+def _onnxruntime(loaded, device, precision, batch, cache_dir, named: bool) -> tuple[Backend, str]:
+    """`named`: asked for by name, where `device: auto` means the CPU it runs on; under `backend: auto` a CUDA
+    GPU that `device: auto` finds is left to torch, which runs there."""
     from .onnx_backend import OnnxRuntimeBackend, OnnxRuntimeUnavailable, onnxruntime_status
 
-    if resolve_device(device).type != "cpu":
+    if not (named and device == "auto") and resolve_device(device).type != "cpu":
         raise _Unavailable(f"it runs on the CPU, and device {device} was asked for")
     if precision not in (None, "fp32"):
         raise _Unavailable(f"it runs fp32, and {precision} was asked for")
@@ -74,7 +76,7 @@ def open_backend(
         return TorchBackend(loaded, device, _torch_precision(precision)), "torch (configured)"
     attempts = {
         "tensorrt": lambda: _tensorrt(loaded, device, precision, batch, cache, calibration),
-        "onnxruntime": lambda: _onnxruntime(loaded, device, precision, batch, cache),
+        "onnxruntime": lambda: _onnxruntime(loaded, device, precision, batch, cache, kind == "onnxruntime"),
     }
     skipped = []
     for name in attempts if kind == "auto" else (kind,):
