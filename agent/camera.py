@@ -302,10 +302,14 @@ class Camera:
             elif self._slot is not None:
                 self.stats.dropped += 1
             self._slot = frame
-            self.stats.frames_in += 1
-            self.rate.tick(now_mono)
-            self.last_frame_mono = now_mono
+            self._arrived(now_mono)
             self._cond.notify_all()
+
+    def _arrived(self, now_mono: float) -> None:
+        """A frame from the source, decoded or not (under the lock)."""
+        self.stats.frames_in += 1
+        self.rate.tick(now_mono)
+        self.last_frame_mono = now_mono
 
     def _run(self) -> None:
         backoff = self.cfg.reopen_min_s
@@ -378,10 +382,8 @@ class Camera:
     def _skip(self, now_mono: float) -> None:
         """A live frame grabbed and left undecoded: the pipeline would not have taken it."""
         with self._cond:
-            self.stats.frames_in += 1
             self.stats.dropped += 1
-            self.rate.tick(now_mono)
-            self.last_frame_mono = now_mono
+            self._arrived(now_mono)
 
     def _read_loop(self, cap, period: float, index: int) -> tuple[str, int]:
         """Read until the source ends, fails or is told to reopen. Returns (why, next index)."""
