@@ -312,6 +312,42 @@ class Camera:
         self.last_frame_mono = now_mono
 
     def _run(self) -> None:
+        """Serve the source until stopped or its recording ends. A fault of the camera code or of a library
+        under it (no source can cause one on purpose) is logged with its traceback: a live source is opened
+        again after the backoff, a recording is ended (opened again it would start over and judge its frames
+        twice). Either way the camera says why it is down; a thread that died would leave it down for good,
+        with nothing said, and a run over files waiting for ever."""
+        backoff = self.cfg.reopen_min_s
+        while not self._stop.is_set():
+            try:
+                self._serve()
+                return
+            except Exception as exc:
+                self._fault(exc)
+            if self.recording:
+                self._end(f"{self.stats.last_error}: the recording is ended")
+                return
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, self.cfg.reopen_max_s)
+
+    def _fault(self, exc: Exception) -> None:
+        why = f"internal error: {type(exc).__name__}: {exc}"
+        log.error("camera thread fault", exc_info=True, extra={"fields": self._fields(error=why)})
+        cap, self._cap = self._cap, None
+        if cap is not None:
+            with contextlib.suppress(Exception):
+                cap.release()
+        self._mark_down(why)
+        self.stats.last_error = why
+
+    def _end(self, why: str = END_OF_RECORDING) -> None:
+        self.stats.ended = True
+        self._mark_down(why)
+        self.stats.last_error = why
+        with self._cond:
+            self._cond.notify_all()
+
+    def _serve(self) -> None:
         backoff = self.cfg.reopen_min_s
         index = 0
         while not self._stop.is_set():
@@ -345,10 +381,7 @@ class Camera:
                     backoff = self.cfg.reopen_min_s
                     index = 0
                     continue
-                self.stats.ended = True
-                self._mark_down(END_OF_RECORDING)
-                with self._cond:
-                    self._cond.notify_all()
+                self._end()
                 return
             if ended[0] == "delivered":
                 backoff = self.cfg.reopen_min_s

@@ -257,3 +257,59 @@ def test_a_device_that_refuses_its_mode_is_one_warning_and_still_delivers(monkey
     warned = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warned) == 1 and warned[0].fields["missed"] == "width asked 1920, got 1280; height asked 1080, got 720"
     assert warned[0].fields["camera"] == "c" and cam.stats.opens >= 2
+
+
+class _Breaks:
+    """A source whose reading raises what no camera code expects (a fault of ours or of a library; none can be
+    made to happen on purpose with a real source, so this stands in for one). Delivers `good` frames first."""
+
+    def __init__(self, good: int):
+        self.good = good
+
+    def isOpened(self):
+        return True
+
+    def get(self, prop):
+        return 0.0
+
+    def read(self):
+        if self.good == 0:
+            raise ValueError("unexpected")
+        self.good -= 1
+        return True, np.zeros((8, 8, 3), np.uint8)
+
+    grab = retrieve = None
+
+    def release(self):
+        pass
+
+
+def test_a_fault_in_the_camera_thread_is_said_and_the_source_opened_again(monkeypatch, caplog):
+    from agent import camera
+
+    opened = []
+    monkeypatch.setattr(camera, "open_capture", lambda *a: opened.append(1) or _Breaks(2))
+    cfg = CameraConfig(name="c", source="rtsp://cam/stream", line="l", reopen_min_s=0.05, reopen_max_s=0.1)
+    cam = Camera(cfg)
+    cam.lossless, cam.pacer = True, None  # read() frame by frame, as a lossless source is
+    with caplog.at_level("ERROR", logger="agent.camera"):
+        cam.start()
+        got = _drain(cam, lambda c, g: len(g) >= 6)
+        cam.stop()
+        cam.join()
+    assert len(got) >= 6 and len(opened) >= 3  # read, failed, opened again, read again
+    assert cam.stats.last_error.startswith("internal error: ValueError: unexpected") or cam.stats.up
+    faults = [r for r in caplog.records if r.getMessage() == "camera thread fault"]
+    assert faults and faults[0].fields["camera"] == "c" and faults[0].exc_info
+
+
+def test_a_recording_whose_reading_faults_ends_instead_of_hanging(tmp_path, monkeypatch):
+    from agent import camera
+
+    video = write_video(tmp_path / "v.avi", _frames(4))
+    monkeypatch.setattr(camera, "open_capture", lambda *a: _Breaks(2))
+    cam = Camera(CameraConfig(name="c", source=str(video), line="l"))
+    cam.start()
+    got = _drain(cam, lambda c, g: c.finished, timeout=10)
+    assert len(got) == 2 and cam.finished and not cam.stats.up  # its frames judged once, not started over
+    assert cam.stats.last_error == "internal error: ValueError: unexpected: the recording is ended"
