@@ -253,9 +253,16 @@ def _result(
         "frames_per_camera": n,
         "camera_fps": spec.camera_fps,  # None: every frame judged
         "processed": sum(c["processed"] for c in every),
-        # Per camera: frames delivered, decoded (a live camera skips those the pipeline will not take), judged.
+        # Per camera: frames delivered, decoded (a live camera skips those the pipeline will not take), judged,
+        # and the camera thread's CPU milliseconds per frame delivered (reading, decoding, resizing: unlike the
+        # stage times, not lengthened by waiting for a core).
         "camera_frames": {
-            name: {"in": c.get("frames_in"), "decoded": c.get("decoded"), "judged": c["processed"]}
+            name: {
+                "in": c.get("frames_in"),
+                "decoded": c.get("decoded"),
+                "judged": c["processed"],
+                "cpu_ms_per_frame": round(c["cpu_s"] * 1000.0 / c["frames_in"], 2) if c.get("frames_in") else None,
+            }
             for name, c in stats["cameras"].items()
         },
         "broker": how,

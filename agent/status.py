@@ -61,6 +61,7 @@ def camera_stats(rt: CameraRuntime, now: float) -> dict[str, Any]:
         "frames_in": s.frames_in,
         "decoded": s.decoded,
         "frame": s.frame,
+        "cpu_s": round(s.cpu_s, 3),
         "processed": rt.frames,
         "active_s": round(rt.last_mono - rt.first_mono, 3) if rt.first_mono and rt.last_mono else 0.0,
         "first_judged_ts": rt.first_wall,

@@ -94,6 +94,7 @@ def test_bench_agent_with_live_cameras_counts_each_cameras_frames(tiny_model_dir
     assert set(agent["camera_frames"]) == {"cam0", "cam1"}
     for counts in agent["camera_frames"].values():  # every frame delivered; both cameras judged
         assert counts["in"] == 90 and 0 < counts["judged"] <= counts["decoded"] <= counts["in"], counts
+        assert counts["cpu_ms_per_frame"] > 0, counts  # the camera thread's CPU, counted
     assert agent["processed"] == sum(c["judged"] for c in agent["camera_frames"].values())
 
 
