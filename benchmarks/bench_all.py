@@ -113,18 +113,32 @@ def main() -> None:
 
         from hgad.runtime.tensorrt_backend import tensorrt_status
 
-        if not a.device.startswith("cuda") or not torch.cuda.is_available():
+        if not a.device.startswith("cuda"):
+            sys.exit(f"bench_all: --device {a.device}: not a device this bench knows; use cpu, cuda or cuda:N")
+        if not torch.cuda.is_available():
             sys.exit(f"bench_all: --device {a.device}: CUDA is not available here; use --device cpu")
         tensorrt, why = tensorrt_status()
         notes = () if tensorrt else (f"TensorRT not run: {why}.",)
     a.out.mkdir(parents=True, exist_ok=True)
-    names = []
-    for name, args in runs(a.out, default_model(a.out), a.device, tensorrt):
-        hgad_edge("bench", *args, "--json", str(a.out / f"{name}.json"))
-        names.append(name)
-    text = table(a.out, names, notes)
+    names, failed = [], []
+    try:
+        model = default_model(a.out)
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"bench_all: making the default recipe's model failed (exit {exc.returncode}; its output is above)")
+    for name, args in runs(a.out, model, a.device, tensorrt):
+        # A row that fails is named at the end; the others still run (a lent GPU's minutes are few).
+        try:
+            hgad_edge("bench", *args, "--json", str(a.out / f"{name}.json"))
+            names.append(name)
+        except subprocess.CalledProcessError as exc:
+            failed.append(f"{name} failed (exit {exc.returncode}; its output is above).")
+    if not names:
+        sys.exit("bench_all: every row failed; their output is above")
+    text = table(a.out, names, (*notes, *failed))
     (a.out / "summary.md").write_text(text)
     print(text)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from agent.cli import build_parser
 from benchmarks.bench_all import runs, table
 
@@ -89,3 +91,20 @@ def test_the_gpu_script_without_cuda_says_so_in_one_line(tmp_path):
         "bench_all: --device cuda: CUDA is not available here; use --device cpu"
     ), r.stderr
     assert not (tmp_path / "out").exists()  # nothing trained or measured
+
+
+def test_a_row_that_fails_is_named_and_the_others_still_run(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    from benchmarks import bench_all
+
+    good = ["--model", str(tiny_model_dir), "--backend", "torch", "--iters", "2", "--batch", "2", "--agent",
+            "--frame", "160x90", "--seconds", "2"]  # fmt: skip
+    bad = ["--model", str(tmp_path / "no-model"), "--agent"]
+    monkeypatch.setattr(bench_all, "default_model", lambda out: tiny_model_dir)
+    monkeypatch.setattr(bench_all, "runs", lambda out, model, device, tensorrt: [("broken", bad), ("tiny", good)])
+    monkeypatch.setattr(sys, "argv", ["bench_all", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_:
+        bench_all.main()
+    assert exit_.value.code == 1
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "| torch | 160x90 | 1 |" in summary  # the row after the failed one ran
+    assert summary.rstrip().endswith("broken failed (exit 2; its output is above).")
