@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,9 @@ def download_wheels(folder: Path, python: str) -> None:
 
 
 def download_debs(folder: Path) -> None:
-    subprocess.run(["apt-get", "download", "-q", *DEBS], cwd=folder, check=True)
+    # As root apt would warn that its sandbox user cannot write here: nothing to act on.
+    sandbox = ["-o", "APT::Sandbox::User=root"] if os.geteuid() == 0 else []
+    subprocess.run(["apt-get", "download", "-qq", *sandbox, *DEBS], cwd=folder, check=True)
 
 
 def main() -> None:
