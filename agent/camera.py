@@ -207,6 +207,7 @@ class Camera:
         self.last_frame_mono = 0.0
         self._failed_opens = 0
         self._mode_warned = False
+        self.fault: str | None = None  # the last fault of the camera thread (_run), if any
 
     # ------------------------------------------------------------------ consumer side
     def start(self) -> None:
@@ -331,7 +332,7 @@ class Camera:
             backoff = min(backoff * 2, self.cfg.reopen_max_s)
 
     def _fault(self, exc: Exception) -> None:
-        why = f"internal error: {type(exc).__name__}: {exc}"
+        why = self.fault = f"internal error: {type(exc).__name__}: {exc}"
         log.error("camera thread fault", exc_info=True, extra={"fields": self._fields(error=why)})
         cap, self._cap = self._cap, None
         if cap is not None:

@@ -258,6 +258,11 @@ class Agent:
                     break
         finally:
             self.shutdown()
+        # A run over recordings that a fault cut short has not judged them all: whoever ran it must know.
+        cut = {n: rt.camera.fault for n, rt in self.runtimes.items() if rt.camera.stats.ended and rt.camera.fault}
+        if self.exit_when_done and cut:
+            log.error("recordings ended by a fault, not judged to their end", extra={"fields": cut})
+            return 1
         return 0
 
     def shutdown(self) -> None:

@@ -85,3 +85,26 @@ def test_open_refuses_a_camera_whose_line_has_no_profile(tmp_path, tiny_model, c
     ):
         agent.open()
     agent.engine.dispose()
+
+
+def test_a_run_over_recordings_that_a_fault_cut_short_exits_1_naming_the_camera(
+    tmp_path, tiny_model_dir, calibrated_db, broker, monkeypatch, caplog
+):
+    import yaml
+
+    from agent import camera
+
+    from .rig import make_rig
+    from .test_agent_camera import _Breaks
+
+    video = write_video(tmp_path / "v.avi", [np.zeros((64, 64, 3), np.uint8)] * 4)
+    rig = make_rig(tmp_path, tiny_model_dir, broker.port, calibrated_db)
+    data = yaml.safe_load(rig.config(video).read_text())
+    monkeypatch.setattr(camera, "open_capture", lambda *a: _Breaks(2))  # a fault after two frames
+    agent = Agent(parse_config(data), exit_when_done=True)
+    with caplog.at_level(logging.ERROR, logger="agent.daemon"):
+        assert agent.run() == 1
+    (cut,) = [r for r in caplog.records if r.msg == "recordings ended by a fault, not judged to their end"]
+    ((name, why),) = cut.fields.items()
+    assert name in agent.runtimes and why == "internal error: ValueError: unexpected"
+    assert agent.runtimes[name].frames == 2
