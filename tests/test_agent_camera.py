@@ -272,13 +272,17 @@ class _Breaks:
     def get(self, prop):
         return 0.0
 
-    def read(self):
+    def grab(self):
+        return True
+
+    def retrieve(self):
         if self.good == 0:
             raise ValueError("unexpected")
         self.good -= 1
         return True, np.zeros((8, 8, 3), np.uint8)
 
-    grab = retrieve = None
+    def read(self):
+        return self.retrieve()
 
     def release(self):
         pass
@@ -291,7 +295,6 @@ def test_a_fault_in_the_camera_thread_is_said_and_the_source_opened_again(monkey
     monkeypatch.setattr(camera, "open_capture", lambda *a: opened.append(1) or _Breaks(2))
     cfg = CameraConfig(name="c", source="rtsp://cam/stream", line="l", reopen_min_s=0.05, reopen_max_s=0.1)
     cam = Camera(cfg)
-    cam.lossless, cam.pacer = True, None  # read() frame by frame, as a lossless source is
     with caplog.at_level("ERROR", logger="agent.camera"):
         cam.start()
         got = _drain(cam, lambda c, g: len(g) >= 6)

@@ -1,6 +1,7 @@
 """`make bench`'s matrix and the GPU one benchmarks/bench_gpu.sh runs: every row is a bench command the CLI
-takes, the GPU rows run the agent on the bench's device and precision, and on a box without CUDA the GPU
-script stops with one line. (The GPU matrix itself runs only where CUDA is; this machine has none.)"""
+takes, the GPU rows run the agent on the bench's device and precision, a row that fails is named while the
+others run, and on a box without CUDA the GPU script stops with one line. (The GPU matrix itself runs only
+where CUDA is; this machine has none.)"""
 
 from __future__ import annotations
 
