@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -27,19 +26,13 @@ from hgad.runtime.preprocess import to_batch
 from .config import CameraConfig
 from .decode_pacer import DecodePacer
 from .health import Rate, StageTimes
+from .source_health import END_OF_RECORDING, SourceHealth
 
 log = logging.getLogger(__name__)
 
 # Read attempts that fail in a row before a source counts as lost and is reopened.
 MAX_BAD_READS = 10
 # A source that stays unreachable at the longest backoff is reported again every this many attempts.
-REMIND_EVERY = 10
-END_OF_RECORDING = "end of recording"
-
-
-def masked(source: str) -> str:
-    """The source as it may be logged: a password in a URL becomes ***."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", source)
 
 
 @dataclass
@@ -197,6 +190,7 @@ class Camera:
         self.lossless = self.recording and not cfg.realtime
         self.pacer = None if self.lossless else DecodePacer()
         self.stats = CameraStats()
+        self.health = SourceHealth(cfg.name, self.kind, cfg.source, self.stats, cfg.reopen_max_s)
         self.rate = Rate()  # frames read per second
         self._cond = threading.Condition()
         self._slot: Frame | None = None
@@ -205,9 +199,7 @@ class Camera:
         self._cap = None
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.name}", daemon=True)
         self.last_frame_mono = 0.0
-        self._failed_opens = 0
         self._mode_warned = False
-        self.fault: str | None = None  # the last fault of the camera thread (_run), if any
 
     # ------------------------------------------------------------------ consumer side
     def start(self) -> None:
@@ -245,7 +237,7 @@ class Camera:
     def check_stall(self, now: float) -> bool:
         """Watchdog: a live source with no frame for stall_timeout_s is marked down and reopened."""
         if self.stats.up and not self.lossless and now - self.last_frame_mono > self.cfg.stall_timeout_s:
-            self._mark_down(f"no frame for {self.cfg.stall_timeout_s:g} s")
+            self.health.down(f"no frame for {self.cfg.stall_timeout_s:g} s")
             self._reopen.set()
             cap = self._cap
             if cap is not None:
@@ -255,39 +247,6 @@ class Camera:
         return False
 
     # ------------------------------------------------------------------ producer side
-    def _fields(self, **more) -> dict:
-        return {"camera": self.name, "source": masked(self.cfg.source), **more}
-
-    def _mark_down(self, why: str) -> None:
-        if self.stats.up:
-            # The end of a recording is how a run over files finishes, not something to act on.
-            level = logging.INFO if why == END_OF_RECORDING else logging.WARNING
-            log.log(level, "camera down", extra={"fields": self._fields(reason=why)})
-        self.stats.up = False
-        self.stats.last_error = why
-        if self.stats.down_since is None:
-            self.stats.down_since = time.time()
-
-    def _open_failed(self, backoff: float) -> None:
-        """One warning per backoff step while the delay grows, then a reminder every REMIND_EVERY attempts."""
-        self._failed_opens += 1
-        why = f"cannot open the {self.kind} source"
-        if self._failed_opens == 1 or backoff < self.cfg.reopen_max_s or self._failed_opens % REMIND_EVERY == 0:
-            fields = self._fields(reason=why, attempts=self._failed_opens, retry_in_s=round(backoff, 1))
-            log.warning("camera cannot be opened", extra={"fields": fields})
-        self.stats.up = False
-        self.stats.last_error = f"{why}: {masked(self.cfg.source)}"
-        if self.stats.down_since is None:
-            self.stats.down_since = time.time()
-
-    def _mark_up(self) -> None:
-        if not self.stats.up:
-            log.info("camera up", extra={"fields": self._fields(kind=self.kind, after_failed_opens=self._failed_opens)})
-        self._failed_opens = 0
-        self.stats.up = True
-        self.stats.down_since = None
-        self.stats.last_error = ""
-
     def _put(self, image: np.ndarray, index: int) -> None:
         now_mono = time.monotonic()
         frame = Frame(self.name, index, image, time.time(), now_mono)
@@ -332,19 +291,15 @@ class Camera:
             backoff = min(backoff * 2, self.cfg.reopen_max_s)
 
     def _fault(self, exc: Exception) -> None:
-        why = self.fault = f"internal error: {type(exc).__name__}: {exc}"
-        log.error("camera thread fault", exc_info=True, extra={"fields": self._fields(error=why)})
+        self.health.faulted(exc)
         cap, self._cap = self._cap, None
         if cap is not None:
             with contextlib.suppress(Exception):
                 cap.release()
-        self._mark_down(why)
-        self.stats.last_error = why
 
     def _end(self, why: str = END_OF_RECORDING) -> None:
         self.stats.ended = True
-        self._mark_down(why)
-        self.stats.last_error = why
+        self.health.down(why)
         with self._cond:
             self._cond.notify_all()
 
@@ -354,7 +309,7 @@ class Camera:
         while not self._stop.is_set():
             cap = open_capture(self.kind, self.cfg.source, self.cfg.stall_timeout_s)
             if cap is None:
-                self._open_failed(backoff)
+                self.health.open_failed(backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, self.cfg.reopen_max_s)
                 continue
@@ -396,7 +351,7 @@ class Camera:
             self._mode_warned = True
             log.warning(
                 "camera did not grant the mode asked for: set a mode it offers (v4l2-ctl --list-formats-ext)",
-                extra={"fields": self._fields(missed="; ".join(missed))},
+                extra={"fields": self.health.fields(missed="; ".join(missed))},
             )
 
     def _read(self, cap) -> tuple[bool, np.ndarray | None, bool]:
@@ -437,7 +392,7 @@ class Camera:
             if good or (ok and not decoded):
                 bad = 0
                 delivered = True
-                self._mark_up()
+                self.health.up()
                 if good:
                     self.stages.add("decode", (time.monotonic() - read_start) * 1000.0)
                     self._put(img if img.ndim == 3 else cv2.cvtColor(img, cv2.COLOR_GRAY2BGR), index)
@@ -462,6 +417,6 @@ class Camera:
             bad += 1
             self.stats.corrupt += 1 if ok else 0
             if bad >= MAX_BAD_READS or not ok:
-                self._mark_down("read failed" if not ok else "frames do not decode")
+                self.health.down("read failed" if not ok else "frames do not decode")
                 return ("delivered" if delivered else "failed"), index
         return ("delivered" if delivered else "stopped"), index
