@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 # Read attempts that fail in a row before a source counts as lost and is reopened.
 MAX_BAD_READS = 10
-# A source that stays unreachable at the longest backoff is reported again every this many attempts.
 
 
 @dataclass

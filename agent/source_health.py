@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("agent.camera")  # the camera's lines, under the name operators filter them by
 
+# A source that stays unreachable at the longest backoff is reported again every this many attempts.
 REMIND_EVERY = 10
 END_OF_RECORDING = "end of recording"
 
