@@ -36,6 +36,7 @@ def test_down_is_a_warning_once_and_up_clears_it(caplog):
 def test_the_end_of_a_recording_is_information(caplog):
     h = _health()
     h.up()
+    caplog.clear()  # whatever an earlier test left the logger's level at, only what follows counts
     with caplog.at_level(logging.INFO, logger="agent.camera"):
         h.down(END_OF_RECORDING)
     assert [r.levelname for r in caplog.records] == ["INFO"] and h.stats.last_error == END_OF_RECORDING
@@ -55,6 +56,7 @@ def test_a_source_that_cannot_open_warns_per_growing_backoff_step_then_every_ten
 def test_a_fault_is_an_error_with_its_traceback_and_the_reason_kept(caplog):
     h = _health()
     h.up()
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="agent.camera"):
         try:
             raise ValueError("unexpected")
