@@ -259,8 +259,8 @@ class Agent:
         finally:
             self.shutdown()
         # A run over recordings that a fault cut short has not judged them all: whoever ran it must know.
-        cut = {n: rt.camera.health.fault for n, rt in self.runtimes.items() if rt.camera.stats.ended}
-        cut = {n: fault for n, fault in cut.items() if fault}
+        cameras = {n: rt.camera for n, rt in self.runtimes.items()}
+        cut = {n: c.health.fault for n, c in cameras.items() if c.stats.ended and c.health.fault}
         if self.exit_when_done and cut:
             log.error("recordings ended by a fault, not judged to their end", extra={"fields": cut})
             return 1
