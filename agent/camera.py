@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -175,6 +177,27 @@ def open_capture(kind: str, source: str, timeout_s: float):
     return cap
 
 
+# A lossless source (a recording judged frame by frame) need only keep one frame ready for the model. At the
+# model's priority its decoding preempts one thread of the inference pool, and the pool's other threads wait for
+# that one at the end of every operator: the model loses more time than the camera spends. At nice + 10 the
+# camera runs in the pool's gaps instead. A live source keeps its priority: it must take frames from its device
+# as they come, and starved it would hand the pipeline older ones.
+PREFETCH_NICE = 10
+
+
+def lower_priority(by: int) -> bool:
+    """Lower the calling thread's priority by `by` nice steps (Linux, where nice is per thread and threads it
+    starts, such as FFmpeg's decoders, inherit it). Elsewhere, or where refused, it stays as it is."""
+    if not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
+    except OSError:
+        return False
+    return True
+
+
 class Camera:
     """`model_size`: the camera's own thread also resizes each frame to the model's input, so that the
     inference thread does nothing but infer; `stages` receives the decode and resize milliseconds."""
@@ -277,6 +300,8 @@ class Camera:
         twice). Either way the camera says why it is down; a thread that died would leave it down for good,
         with nothing said, and a run over files waiting for ever."""
         backoff = self.cfg.reopen_min_s
+        if self.lossless:
+            lower_priority(PREFETCH_NICE)  # before the source opens, so that its decoder threads share it
         while not self._stop.is_set():
             try:
                 self._serve()

@@ -3,12 +3,16 @@ sources, undecodable images, a source that appears late."""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 
 import cv2
 import numpy as np
+import pytest
 
-from agent.camera import Camera
+from agent.camera import PREFETCH_NICE, Camera
 from agent.config import CameraConfig
 
 from .conftest import write_video
@@ -39,6 +43,31 @@ def test_recording_is_read_losslessly(tmp_path):
     cam.stop()
     assert [f.index for f in got] == list(range(40))
     assert cam.stats.dropped == 0 and cam.stats.ended
+
+
+def _thread_nice(name: str) -> int:
+    thread = next(t for t in threading.enumerate() if t.name == f"camera-{name}")
+    return os.getpriority(os.PRIO_PROCESS, thread.native_id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread only on Linux")
+def test_a_recording_judged_frame_by_frame_reads_below_the_models_priority_and_a_live_source_does_not(tmp_path):
+    video = write_video(tmp_path / "v.avi", _frames(40))
+    ours = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    expected = {"lossless": min(19, ours + PREFETCH_NICE), "live": ours}
+    for name, realtime in (("lossless", False), ("live", True)):
+        cam = Camera(CameraConfig(name=name, source=str(video), line="l", realtime=realtime))
+        cam.start()
+        # A frame arrived: the thread has set its priority, and it is still serving (a lossless camera waits
+        # for its slot to be emptied; the live recording plays for over a second).
+        deadline = time.monotonic() + 20.0
+        while cam.stats.frames_in == 0 and time.monotonic() < deadline:
+            cam.wait_any(0.1)
+        try:
+            assert _thread_nice(name) == expected[name], name
+        finally:
+            cam.stop()
+            cam.join()
 
 
 def test_a_realtime_recording_plays_at_its_own_frame_rate(tmp_path):
