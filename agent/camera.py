@@ -185,17 +185,14 @@ def open_capture(kind: str, source: str, timeout_s: float):
 PREFETCH_NICE = 10
 
 
-def lower_priority(by: int) -> bool:
+def lower_priority(by: int) -> None:
     """Lower the calling thread's priority by `by` nice steps (Linux, where nice is per thread and threads it
     starts, such as FFmpeg's decoders, inherit it). Elsewhere, or where refused, it stays as it is."""
     if not sys.platform.startswith("linux"):
-        return False
+        return
     tid = threading.get_native_id()
-    try:
+    with contextlib.suppress(OSError):
         os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + by))
-    except OSError:
-        return False
-    return True
 
 
 class Camera:
