@@ -3,9 +3,9 @@
 Sources: a device index (V4L2), a video file (optionally looped), an RTSP/HTTP(S) URL, a GStreamer
 pipeline (Jetson CSI: `nvarguscamerasrc ! ... ! appsink`), or a folder of images. Live sources hand over
 only the newest frame (older ones are dropped and counted) and decode only the frames the pipeline may take
-(decode_pacer.py); recordings are lossless by default so every frame is judged. A source that fails to
-open, stalls or ends is reported down and reopened with exponential backoff; corrupt frames and undecodable
-images are counted and skipped.
+(decode_pacer.py; an MJPG file or stream is read as its JPEG packets, jpeg_packets.py); recordings are lossless
+by default so every frame is judged. A source that fails to open, stalls or ends is reported down and reopened
+with exponential backoff; corrupt frames and undecodable images are counted and skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from hgad.runtime.preprocess import to_batch
 from .config import CameraConfig
 from .decode_pacer import DecodePacer
 from .health import Rate, StageTimes
+from .jpeg_packets import JPEG_PACKET_CODES, as_jpeg_packets
 from .source_health import END_OF_RECORDING, SourceHealth
 
 log = logging.getLogger(__name__)
@@ -154,27 +155,45 @@ def fourcc_text(code: float) -> str:
 
 
 def open_capture(kind: str, source: str, timeout_s: float):
-    """An opened capture, or None."""
-    ms = int(timeout_s * 1000)
+    """An opened capture, or None. A file or stream in MJPG is read as its JPEG packets (jpeg_packets.py)."""
     if kind == "folder":
         cap = FolderCapture(source)
-    elif kind == "device":
-        cap = cv2.VideoCapture(int(source))
-    elif kind == "url":
-        # Timeouts make a dead stream return from read() instead of blocking the thread for ever.
-        cap = cv2.VideoCapture(
-            source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-        )
-    elif kind == "gstreamer":
-        cap = cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+    elif kind == "file" and not Path(source).is_file():
+        return None
     else:
-        if not Path(source).is_file():
-            return None
-        cap = cv2.VideoCapture(source)
+        cap = _video_capture(kind, source, timeout_s)
     if not cap.isOpened():
         cap.release()
         return None
+    if kind in ("file", "url") and carries_jpeg_packets(cap):
+        packets = as_jpeg_packets(cap)
+        if packets is not None:
+            return packets
+        cap.release()
+        cap = _video_capture(kind, source, timeout_s)
+        if not cap.isOpened():
+            cap.release()
+            return None
     return cap
+
+
+def carries_jpeg_packets(cap: cv2.VideoCapture) -> bool:
+    """An FFmpeg capture of a stream whose packets are JPEG images (raw mode is FFmpeg's alone)."""
+    return cap.getBackendName() == "FFMPEG" and fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)) in JPEG_PACKET_CODES
+
+
+def _video_capture(kind: str, source: str, timeout_s: float) -> cv2.VideoCapture:
+    if kind == "device":
+        return cv2.VideoCapture(int(source))
+    if kind == "url":
+        # Timeouts make a dead stream return from read() instead of blocking the thread for ever.
+        ms = int(timeout_s * 1000)
+        return cv2.VideoCapture(
+            source, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+        )
+    if kind == "gstreamer":
+        return cv2.VideoCapture(source, cv2.CAP_GSTREAMER)
+    return cv2.VideoCapture(source)
 
 
 # A lossless source (a recording judged frame by frame) need only keep one frame ready for the model. At the

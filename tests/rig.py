@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import yaml
 
+from agent.camera import open_capture
 from calibration.calibrate import calibrate_folder
 from calibration.db import open_database
 from calibration.store import ProfileStore
@@ -70,7 +71,8 @@ def build_stream(pattern: list[tuple[str, int]], seed0: int = 20_000) -> Stream:
 
 
 def decode(video: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(video))
+    """The frames of `video` as the agent's camera reads them."""
+    cap = open_capture("file", str(video), 5.0)
     frames = []
     while True:
         ok, f = cap.read()

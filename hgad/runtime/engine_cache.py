@@ -29,7 +29,7 @@ class EngineKey:
     model_id: str
     runtime: str  # "tensorrt" or "onnxruntime"
     device: str  # a GPU's name and compute capability, or "cpu"
-    versions: str  # of this package (it writes the graph), the runtime and what builds: "hgad-edge=0.3.0 tensorrt=10.3"
+    versions: str  # of this package (it writes the graph), the runtime and what builds: "hgad-edge=0.4.0 tensorrt=10.3"
     precision: str
     batch: int
     image_size: int
