@@ -1,6 +1,11 @@
-"""MJPG recordings read as their JPEG packets (real AVI files written and read through OpenCV's FFmpeg)."""
+"""MJPG recordings and streams read as their JPEG packets (real AVI files and a real HTTP MJPEG stream, read
+through OpenCV's FFmpeg)."""
 
 from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
 
 import cv2
 import numpy as np
@@ -100,3 +105,35 @@ def test_other_codecs_are_read_by_ffmpeg(tmp_path):
     got = _read_all(cap)
     assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, got, strict=True))  # lossless
     cap.release()
+
+
+def test_an_http_mjpeg_camera_is_read_as_packets(tmp_path):
+    """Many IP cameras serve MJPEG over HTTP as a multipart stream: a real one, served from here."""
+    frames = _frames(15)
+    jpegs = [cv2.imencode(".jpg", f)[1].tobytes() for f in frames]
+
+    class Stream(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+            self.end_headers()
+            for j in jpegs:
+                head = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(j)
+                self.wfile.write(head + j + b"\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Stream)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cap = open_capture("url", f"http://127.0.0.1:{server.server_address[1]}/stream.mjpg", 5.0)
+        assert isinstance(cap, JpegPackets)
+        got = _read_all(cap)
+        cap.release()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(got) == 15
+    for want, img in zip(frames, got, strict=True):
+        assert np.abs(img.astype(int) - want).mean() < 2.0
