@@ -28,22 +28,19 @@ class JpegPackets:
 
     def __init__(self, cap, first: np.ndarray):
         self._cap = cap
-        self._first: np.ndarray | None = first
-        self._first_grabbed = False
+        self._pending: np.ndarray | None = first  # not grabbed yet
+        self._held: np.ndarray | None = None  # grabbed, not retrieved
 
     def isOpened(self) -> bool:
         return self._cap.isOpened()
 
     def grab(self) -> bool:
-        if self._first is not None and not self._first_grabbed:
-            self._first_grabbed = True
-            return True
-        self._first = None
-        return self._cap.grab()
+        self._held, self._pending = self._pending, None
+        return self._held is not None or self._cap.grab()
 
     def retrieve(self) -> tuple[bool, np.ndarray | None]:
-        if self._first is not None:
-            img, self._first = self._first, None
+        if self._held is not None:
+            img, self._held = self._held, None
             return True, img
         img = decode_packet(self._cap)
         return img is not None, img
