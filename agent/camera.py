@@ -28,7 +28,7 @@ from hgad.runtime.preprocess import to_batch
 from .config import CameraConfig
 from .decode_pacer import DecodePacer
 from .health import Rate, StageTimes
-from .jpeg_packets import JPEG_PACKET_CODES, as_jpeg_packets
+from .jpeg_packets import JPEG_PACKET_CODE, as_jpeg_packets
 from .source_health import END_OF_RECORDING, SourceHealth
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ def open_capture(kind: str, source: str, timeout_s: float):
 
 def carries_jpeg_packets(cap: cv2.VideoCapture) -> bool:
     """An FFmpeg capture of a stream whose packets are JPEG images (raw mode is FFmpeg's alone)."""
-    return cap.getBackendName() == "FFMPEG" and fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)) in JPEG_PACKET_CODES
+    return cap.getBackendName() == "FFMPEG" and fourcc_text(cap.get(cv2.CAP_PROP_FOURCC)) == JPEG_PACKET_CODE
 
 
 def _video_capture(kind: str, source: str, timeout_s: float) -> cv2.VideoCapture:

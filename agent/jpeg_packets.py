@@ -16,9 +16,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Four-character codes of streams whose packets are single JPEG images (FFmpeg reports MJPG for Motion-JPEG
-# from AVI, HTTP multipart and RTSP alike; JPEG is QuickTime's photo-JPEG).
-JPEG_PACKET_CODES = frozenset({"MJPG", "JPEG"})
+# The four-character code OpenCV's FFmpeg capture reports for a stream of JPEG images, whatever the container's
+# own tag (seen for AVI, MOV, MP4, Matroska and HTTP multipart).
+JPEG_PACKET_CODE = "MJPG"
 
 
 class JpegPackets:

@@ -9,6 +9,7 @@ import threading
 
 import cv2
 import numpy as np
+import pytest
 
 from agent.camera import open_capture
 from agent.jpeg_packets import JpegPackets
@@ -43,6 +44,22 @@ def test_an_mjpg_recording_is_read_as_packets_frame_for_frame(tmp_path):
         assert img.shape == want.shape and img.dtype == np.uint8
         assert np.abs(img.astype(int) - want).mean() < 2.0  # JPEG's loss only
     cap.release()
+
+
+@pytest.mark.parametrize(("ext", "tag"), [("mov", "jpeg"), ("mkv", "MJPG")])
+def test_motion_jpeg_in_other_containers_is_read_as_packets(tmp_path, ext, tag):
+    frames = _frames(6)
+    path = tmp_path / f"v.{ext}"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*tag), 10.0, (64, 48))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    cap = open_capture("file", str(path), 5.0)
+    assert isinstance(cap, JpegPackets)
+    got = _read_all(cap)
+    cap.release()
+    assert len(got) == 6 and all(np.abs(a.astype(int) - b).mean() < 2.0 for a, b in zip(frames, got, strict=True))
 
 
 def test_a_grabbed_packet_left_undecoded_is_skipped(tmp_path):
