@@ -7,8 +7,8 @@ OpenCV's raw mode (`CAP_PROP_FORMAT` -1) `grab()` only reads the packet, and `re
 the libjpeg that reads a folder of images, so a frame from a camera and the same frame saved as a still
 decode alike.
 
-A stream whose first packet does not decode to a whole frame of the stream's size (interlaced MJPG carries
-two fields per packet, some encoders leave out what libjpeg needs) is read by FFmpeg as before.
+A stream whose first packet does not decode to a whole frame of the stream's size (a packet of interlaced MJPG
+holds two fields; a first frame may be damaged) is read by FFmpeg instead.
 """
 
 from __future__ import annotations
