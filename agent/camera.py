@@ -28,7 +28,7 @@ from hgad.runtime.preprocess import to_batch
 from .config import CameraConfig
 from .decode_pacer import DecodePacer
 from .health import Rate, StageTimes
-from .jpeg_packets import JPEG_PACKET_CODE, as_jpeg_packets
+from .jpeg_packets import JPEG_PACKET_CODE, JpegPackets, as_jpeg_packets
 from .source_health import END_OF_RECORDING, SourceHealth
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,7 @@ class CameraStats:
     frame: str | None = None  # WIDTHxHEIGHT of the latest frame: the mode the camera actually delivers
     cpu_s: float = 0.0  # CPU seconds this camera's thread spent reading, decoding and resizing its frames
     decoded: int = 0  # frames decoded: a live source leaves those the pipeline will not take undecoded
+    jpeg_packets: bool = False  # the source is read as its JPEG packets (jpeg_packets.py)
 
 
 def gstreamer_available() -> bool:
@@ -361,6 +362,7 @@ class Camera:
             if self.kind == "device":
                 self._ask_mode(cap)
             self._cap = cap
+            self.stats.jpeg_packets = isinstance(cap, JpegPackets)
             self._reopen.clear()
             self.last_frame_mono = time.monotonic()
             fps = cap.get(cv2.CAP_PROP_FPS) if self.kind == "file" else 0.0

@@ -75,6 +75,13 @@ class CameraRuntime:
         self.line_state = LineState.of(profile)
 
     @property
+    def profile_predates_libjpeg(self) -> bool:
+        """The line's profile was made live from this camera's MJPG frames by hgad-edge 0.3 or earlier, which
+        decoded them with FFmpeg: decoded now by libjpeg (jpeg_packets.py), their scores have moved from its own."""
+        p = self.profile
+        return self.camera.stats.jpeg_packets and p.source == f"live:{self.name}" and not p.made_by
+
+    @property
     def camera_status(self) -> str:
         s = self.camera.stats
         return "up" if s.up else ("ended" if s.ended else "down")

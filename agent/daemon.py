@@ -294,6 +294,7 @@ class Supervisor:
     def __init__(self, agent: Agent):
         self.agent = agent
         self.last_stats = self.last_state = self.last_retention = self.last_ping = 0.0
+        self.warned_profiles: set[str] = set()
 
     def turn(self, now: float) -> bool:
         """One round; True when the agent should stop."""
@@ -301,6 +302,7 @@ class Supervisor:
         for rt in a.runtimes.values():
             if rt.camera.check_stall(now):
                 a.publisher.camera(rt)
+            self._check_profile(rt)
         if not a.notifier.ready_sent and any(rt.camera.stats.up for rt in a.runtimes.values()):
             a.notifier.ready(f"running: {len(a.runtimes)} camera(s), backend {a.backend.info.name}")
         wd = a.notifier.watchdog_s
@@ -327,6 +329,18 @@ class Supervisor:
             a.pipeline.call(a.dispatcher.reload_profiles)
             a.notifier.ready("running (profiles reloaded)")
         return a.exit_when_done and self._recordings_done()
+
+    def _check_profile(self, rt: CameraRuntime) -> None:
+        """Once per profile: one made live from MJPG frames as an older agent decoded them (README, Calibration
+        how-to) raises false alarms until the line is calibrated again."""
+        if not rt.profile_predates_libjpeg or rt.profile.calibration_id in self.warned_profiles:
+            return
+        self.warned_profiles.add(rt.profile.calibration_id)
+        log.warning(
+            "profile made live from this camera's MJPG frames by hgad-edge 0.3 or earlier, which decoded them with "
+            "FFmpeg; decoded now with libjpeg they score differently: calibrate the line again",
+            extra={"fields": {"camera": rt.name, "line": rt.line, "profile": f"v{rt.profile.version}"}},
+        )
 
     def _retention(self) -> None:
         """Events and heatmaps, then feedback samples, held to their limits (on the writer, after what it holds)."""

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from hgad import __version__
+
 from .threshold import Threshold, p_value
 
 MODES = ("class-agnostic", "class-aware")
@@ -43,6 +45,7 @@ class Profile:
     tail: dict[str, float] = field(default_factory=dict)
     version: int = 0
     active: bool = False
+    made_by: str = ""  # the hgad-edge version that made it ("" for profiles made before 0.4)
 
     @cached_property
     def sorted_scores(self) -> np.ndarray:
@@ -126,4 +129,5 @@ def build_profile(
         far_bound=threshold.far_bound,
         confidence=threshold.confidence,
         tail=dict(threshold.tail),
+        made_by=__version__,
     )

@@ -108,3 +108,27 @@ def test_a_run_over_recordings_that_a_fault_cut_short_exits_1_naming_the_camera(
     ((name, why),) = cut.fields.items()
     assert name in agent.runtimes and why == "internal error: ValueError: unexpected"
     assert agent.runtimes[name].frames == 2
+
+
+def test_a_profile_made_live_from_mjpg_frames_by_an_older_agent_is_warned_about_once(tmp_path, caplog):
+    from agent.camera_runtime import CameraRuntime
+    from agent.daemon import Supervisor
+    from calibration.profile import Profile
+
+    from .test_agent_alerts import _agent_cfg
+    from .test_agent_camera_runtime import _opened
+
+    video = write_video(tmp_path / "v.avi", [np.full((48, 64, 3), 100, np.uint8)] * 3)
+    made_now = save_profile(ProfileStore(open_database(tmp_path / "p.sqlite")), "m", "fabric", source="live:cam1")
+    made_before = Profile.from_dict({k: v for k, v in made_now.to_dict().items() if k != "made_by"})
+    cfg = _agent_cfg(tmp_path, video)
+    rt = CameraRuntime.create(_opened(video), made_before, cfg, ("fabric",))
+    supervisor = Supervisor(agent=None)  # the check needs only the camera's runtime
+    with caplog.at_level(logging.WARNING, logger="agent.daemon"):
+        for _ in range(3):
+            supervisor._check_profile(rt)
+        rt.use(made_now, cfg)  # calibrated again
+        supervisor._check_profile(rt)
+    (warned,) = [r for r in caplog.records if "calibrate the line again" in r.msg]
+    assert warned.levelname == "WARNING" and "hgad-edge 0.3 or earlier" in warned.msg
+    assert warned.fields == {"camera": "cam1", "line": "fabric", "profile": f"v{made_before.version}"}
