@@ -158,24 +158,25 @@ def fourcc_text(code: float) -> str:
 def open_capture(kind: str, source: str, timeout_s: float):
     """An opened capture, or None. A file or stream in MJPG is read as its JPEG packets (jpeg_packets.py)."""
     if kind == "folder":
-        cap = FolderCapture(source)
-    elif kind == "file" and not Path(source).is_file():
+        return _opened(FolderCapture(source))
+    if kind == "file" and not Path(source).is_file():
         return None
-    else:
-        cap = _video_capture(kind, source, timeout_s)
-    if not cap.isOpened():
-        cap.release()
-        return None
-    if kind in ("file", "url") and carries_jpeg_packets(cap):
-        packets = as_jpeg_packets(cap)
-        if packets is not None:
-            return packets
-        cap.release()
-        cap = _video_capture(kind, source, timeout_s)
-        if not cap.isOpened():
-            cap.release()
-            return None
-    return cap
+    cap = _opened(_video_capture(kind, source, timeout_s))
+    if cap is None or kind not in ("file", "url") or not carries_jpeg_packets(cap):
+        return cap
+    packets = as_jpeg_packets(cap)
+    if packets is not None:
+        return packets
+    cap.release()  # raw mode cannot be left: FFmpeg reads the source from a fresh capture
+    return _opened(_video_capture(kind, source, timeout_s))
+
+
+def _opened(cap):
+    """`cap` if it opened, else None (released)."""
+    if cap.isOpened():
+        return cap
+    cap.release()
+    return None
 
 
 def carries_jpeg_packets(cap: cv2.VideoCapture) -> bool:

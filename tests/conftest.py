@@ -253,10 +253,10 @@ def collector_factory():
 # ------------------------------------------------------------------------------------------ videos
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
+def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0, fourcc: str = "MJPG") -> Path:
     h, w = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert writer.isOpened(), "OpenCV cannot write MJPG video here"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} video here"
     for f in frames:
         writer.write(f)
     writer.release()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import cv2
 import numpy as np
 
 from agent.camera import Camera
@@ -37,6 +36,11 @@ def test_a_new_profile_resets_the_hysteresis_drift_and_line_state(tmp_path):
     assert rt.hysteresis._run == [] and len(rt.drift.recent) == 0 and rt.drift.profile is pcb
 
 
+def as_0_3_kept(profile: Profile) -> Profile:
+    """`profile` as hgad-edge 0.3 stored it: without the version that made it."""
+    return Profile.from_dict({k: v for k, v in profile.to_dict().items() if k != "made_by"})
+
+
 def _opened(video) -> Camera:
     """A camera that has opened `video` (and is stopped again)."""
     camera = Camera(CameraConfig("cam1", str(video), "fabric"))
@@ -56,15 +60,11 @@ def test_a_profile_made_live_from_mjpg_frames_by_an_older_agent_is_flagged(tmp_p
     store = ProfileStore(open_database(tmp_path / "p.sqlite"))
     made_now = save_profile(store, "m", "fabric", source="live:cam1")
     assert made_now.made_by == __version__
-    made_before = Profile.from_dict({k: v for k, v in made_now.to_dict().items() if k != "made_by"})  # as 0.3 kept it
+    made_before = as_0_3_kept(made_now)
     assert made_before.made_by == ""
     frames = [np.full((48, 64, 3), 100, np.uint8)] * 3
     mjpg = write_video(tmp_path / "mjpg.avi", frames)
-    ffv1 = tmp_path / "ffv1.avi"
-    writer = cv2.VideoWriter(str(ffv1), cv2.VideoWriter_fourcc(*"FFV1"), 10.0, (64, 48))
-    for f in frames:
-        writer.write(f)
-    writer.release()
+    ffv1 = write_video(tmp_path / "ffv1.avi", frames, fourcc="FFV1")
     cfg = _agent_cfg(tmp_path, mjpg)
     flagged = {}
     for name, video in (("mjpg", mjpg), ("ffv1", ffv1)):

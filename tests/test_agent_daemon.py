@@ -113,14 +113,13 @@ def test_a_run_over_recordings_that_a_fault_cut_short_exits_1_naming_the_camera(
 def test_a_profile_made_live_from_mjpg_frames_by_an_older_agent_is_warned_about_once(tmp_path, caplog):
     from agent.camera_runtime import CameraRuntime
     from agent.daemon import Supervisor
-    from calibration.profile import Profile
 
     from .test_agent_alerts import _agent_cfg
-    from .test_agent_camera_runtime import _opened
+    from .test_agent_camera_runtime import _opened, as_0_3_kept
 
     video = write_video(tmp_path / "v.avi", [np.full((48, 64, 3), 100, np.uint8)] * 3)
     made_now = save_profile(ProfileStore(open_database(tmp_path / "p.sqlite")), "m", "fabric", source="live:cam1")
-    made_before = Profile.from_dict({k: v for k, v in made_now.to_dict().items() if k != "made_by"})
+    made_before = as_0_3_kept(made_now)
     cfg = _agent_cfg(tmp_path, video)
     rt = CameraRuntime.create(_opened(video), made_before, cfg, ("fabric",))
     supervisor = Supervisor(agent=None)  # the check needs only the camera's runtime

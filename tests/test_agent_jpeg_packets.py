@@ -49,13 +49,7 @@ def test_an_mjpg_recording_is_read_as_packets_frame_for_frame(tmp_path):
 @pytest.mark.parametrize(("ext", "tag"), [("mov", "jpeg"), ("mkv", "MJPG")])
 def test_motion_jpeg_in_other_containers_is_read_as_packets(tmp_path, ext, tag):
     frames = _frames(6)
-    path = tmp_path / f"v.{ext}"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*tag), 10.0, (64, 48))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    cap = open_capture("file", str(path), 5.0)
+    cap = open_capture("file", str(write_video(tmp_path / f"v.{ext}", frames, fourcc=tag)), 5.0)
     assert isinstance(cap, JpegPackets)
     got = _read_all(cap)
     cap.release()
@@ -111,13 +105,7 @@ def test_a_stream_whose_first_packet_is_no_jpeg_is_read_by_ffmpeg(tmp_path):
 
 def test_other_codecs_are_read_by_ffmpeg(tmp_path):
     frames = _frames(8)
-    path = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 10.0, (64, 48))
-    assert writer.isOpened()
-    for f in frames:
-        writer.write(f)
-    writer.release()
-    cap = open_capture("file", str(path), 5.0)
+    cap = open_capture("file", str(write_video(tmp_path / "v.avi", frames, fourcc="FFV1")), 5.0)
     assert isinstance(cap, cv2.VideoCapture)
     got = _read_all(cap)
     assert len(got) == 8 and all(np.array_equal(a, b) for a, b in zip(frames, got, strict=True))  # lossless
