@@ -5,7 +5,8 @@ play the same recording of camera-sized frames (MJPG, as many USB cameras delive
 bench's backend: read losslessly, every frame judged, or with `--camera-fps` played in real time as live
 cameras deliver frames (the newest is judged, the rest skipped, most of them never decoded). Its frames/s (all
 cameras together, over the time they were judging) is set beside the bare model's frames/s at batch 1 on
-frames of the same size, measured just before in this process.
+frames of the same size, judged one after another in this process for a few seconds just before and just after
+the agent's run: a rate over time, as the agent's is.
 Start-up is timed from the command to systemd's READY (read from a real notify socket) and to the first
 judged frame.
 """
@@ -40,6 +41,8 @@ from .local_broker import Subscriber, local_broker
 
 # Frames per camera recording at most (a full-HD MJPG frame is a few hundred KB on disk).
 MAX_FRAMES = 1800
+# Seconds of the bare model's back-to-back frames on each side of the agent's run (at most a third of the run).
+BARE_WINDOW_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -150,25 +153,28 @@ def run_agent_bench(
     loaded: LoadedModel,
     backend: Backend,
     spec: AgentBenchSpec,
-    bare_fps: float,
-    bare_again: Callable[[], float] | None = None,
+    model_fps: float,
+    bare_fps: Callable[[float], float],
 ) -> dict[str, Any]:
-    """The agent's frames/s over the bare model's at batch 1. `bare_fps` was measured just before; `bare_again`
-    measures it once more after the agent's run, and the ratio is to the mean of the two: on a shared machine
-    whose speed drifts, a rate taken on one side of a 15-second run can be off by a third."""
+    """The agent's frames/s over the bare model's at batch 1. `model_fps` (the bench's median) sizes the
+    recordings; `bare_fps(seconds)` is the bare model's rate over that many seconds, taken just before and just
+    after the agent's run, and the ratio is to the mean of the two: on a shared machine whose speed drifts, a
+    rate taken on one side of a 15-second run can be off by a third."""
     spec.workdir.mkdir(parents=True, exist_ok=True)
     # Played in real time the run lasts spec.seconds whatever the model's speed; read losslessly, about as long.
-    n = spec.camera_fps * spec.seconds if spec.camera_fps else bare_fps * spec.seconds / spec.cameras
+    n = spec.camera_fps * spec.seconds if spec.camera_fps else model_fps * spec.seconds / spec.cameras
     n = int(np.clip(n, 40, MAX_FRAMES))
     frames = camera_frames(loaded.model.cfg.image_size, spec.frame, n)
     video = write_recording(
         spec.workdir / f"camera-{spec.frame[1]}x{spec.frame[0]}.avi", frames, spec.camera_fps or 25.0
     )
     line = calibrate_line(loaded, backend, paths.database(spec.workdir / "state"), frames)
+    window = min(BARE_WINDOW_S, spec.seconds / 3)
     with local_broker() as (host, port, how):
+        before = bare_fps(window)
         run = _run_once(spec, loaded, video, line, host, port)
-        after = bare_again() if bare_again else None
-        result = _result(spec, run["stats"], bare_fps, n, how, run["t0"], run["ready_at"], after)
+        after = bare_fps(window)
+        result = _result(spec, run["stats"], (before, after), window, n, how, run["t0"], run["ready_at"])
         if spec.console:
             result["console"] = _with_console(spec, loaded, video, line, host, port, result["agent_fps"])
     return result
@@ -178,7 +184,7 @@ def agent_summary(r: dict[str, Any]) -> str:
     """The agent's result in one line, as `bench` prints it."""
     h, w = r["camera_frame"]
     before, after = r["bare_model_fps_batch1_before_after"]
-    bare = f"{before:.1f} before, {after:.1f} after" if after else f"{before:.1f}"
+    bare = f"{before:.1f} before, {after:.1f} after, over {r['bare_model_window_s']:g} s each"
     stages = ", ".join(f"{k} {v:.1f}" for k, v in r["stages_ms"].items())
     start = r["startup_s"]
     live = ""
@@ -237,7 +243,7 @@ def _with_console(spec, loaded, video, line, host, port, fps_without: float) -> 
 
 
 def _result(
-    spec, stats: dict, before: float, n: int, how: str, t0: float, ready_at: float | None, after: float | None = None
+    spec, stats: dict, bare: tuple[float, float], window: float, n: int, how: str, t0: float, ready_at: float | None
 ) -> dict:
     every = list(stats["cameras"].values())
     cams = [c for c in every if c.get("first_judged_ts")]
@@ -246,7 +252,7 @@ def _result(
     first = min((c["first_judged_ts"] for c in cams), default=None)
     last = max((c["first_judged_ts"] + c["active_s"] for c in cams), default=None)
     fps = sum(c["processed"] for c in cams) / (last - first) if cams and last > first else 0.0
-    bare_fps = (before + after) / 2 if after else before
+    bare_fps = sum(bare) / 2
     return {
         "cameras": spec.cameras,
         "camera_frame": list(spec.frame),
@@ -268,7 +274,8 @@ def _result(
         "broker": how,
         "agent_fps": round(fps, 2),
         "bare_model_fps_batch1": round(bare_fps, 2),
-        "bare_model_fps_batch1_before_after": [before, after],
+        "bare_model_fps_batch1_before_after": [round(b, 2) for b in bare],
+        "bare_model_window_s": round(window, 2),  # of frames judged back to back, on each side of the run
         "agent_to_model_fps_ratio": round(fps / bare_fps, 3) if bare_fps else None,  # of the unrounded rates
         "stages_ms": stats.get("stages_ms", {}),
         "frame_latency_ms": {name: c["latency_ms"] for name, c in stats["cameras"].items()},

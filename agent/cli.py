@@ -434,7 +434,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from hgad.model_dir import load_model
-    from hgad.runtime.bench import print_bench, run_bench
+    from hgad.runtime.bench import print_bench, run_bench, sustained_fps
     from hgad.runtime.select import open_backend
 
     if a.model is None and not a.demo:
@@ -464,10 +464,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
             device=backend.runs_on(), precision=backend.info.precision,
         )  # fmt: skip
 
-        def bare_again() -> float:
-            return run_bench(backend, 1, a.iters, camera_shape=a.frame)["batches"]["1"]["fps"]
+        def bare_fps(seconds: float) -> float:
+            return sustained_fps(backend, seconds, camera_shape=a.frame)
 
-        result["agent"] = run_agent_bench(loaded, backend, spec, result["batches"]["1"]["fps"], bare_again)
+        result["agent"] = run_agent_bench(loaded, backend, spec, result["batches"]["1"]["fps"], bare_fps)
     print_bench(result)
     if a.agent:
         print(agent_summary(result["agent"]))

@@ -82,20 +82,21 @@ def table(out: Path, names: list[str], notes: tuple[str, ...] = ()) -> str:
     lines = [
         f"Measured by {by} on {where}; camera frames MJPG-decoded, resized, judged by the real agent against a broker.",
         "",
-        "| model | backend | frame | cameras | model ms/frame (batch 1) | model frames/s | agent frames/s "
-        "| agent/model | start to READY / first frame (s) |",
+        "| model | backend | frame | cameras | model ms/frame (batch 1) | model frames/s before / after "
+        "| agent frames/s | agent/model | start to READY / first frame (s) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         r = json.loads((out / f"{name}.json").read_text())
         a, b1 = r["agent"], r["batches"]["1"]
+        before, after = a["bare_model_fps_batch1_before_after"]
         model = "demo (256 px)" if name.startswith("demo") else f"default ({r['image_size']} px)"
         h, w = a["camera_frame"]
         s = a["startup_s"]
         cameras = f"{a['cameras']} live at {a['camera_fps']:g} fps" if a.get("camera_fps") else a["cameras"]
         backend = r["backend"] if r["precision"] == "fp32" else f"{r['backend']} {r['precision']}"
         lines.append(
-            f"| {model} | {backend} | {w}x{h} | {cameras} | {b1['ms_per_frame']:.1f} | {b1['fps']:.1f} | "
+            f"| {model} | {backend} | {w}x{h} | {cameras} | {b1['ms_per_frame']:.1f} | {before:.1f} / {after:.1f} | "
             f"{a['agent_fps']:.1f} | {a['agent_to_model_fps_ratio']:.2f} | {s['ready']} / {s['first_judged_frame']} |"
         )
     return "\n".join([*lines, *("", *notes)] if notes else lines) + "\n"

@@ -64,6 +64,7 @@ def _result(backend: str, precision: str, device: str) -> dict:
             "cameras": 1,
             "agent_fps": 200.0,
             "agent_to_model_fps_ratio": 0.8,
+            "bare_model_fps_batch1_before_after": [240.0, 260.0],
             "startup_s": {"ready": 5.0, "first_judged_frame": 6.0},
         },
     }
@@ -75,6 +76,8 @@ def test_the_gpu_table_names_the_gpu_the_precisions_and_what_did_not_run(tmp_pat
     text = table(tmp_path, ["default-torch-fp32", "default-torch-fp16"], ("TensorRT not run: no tensorrt.",))
     assert text.startswith("Measured by `bash benchmarks/bench_gpu.sh` on cuda:0 (NVIDIA H100) beside 16 cores")
     assert "| default (768 px) | torch | 1280x720 |" in text and "| default (768 px) | torch fp16 | 1280x720 |" in text
+    # The model's rates the agent's ratio is taken to, on both sides of its run.
+    assert "| 4.0 | 240.0 / 260.0 | 200.0 | 0.80 |" in text
     assert text.rstrip().endswith("TensorRT not run: no tensorrt.")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import torch
 
 from hgad.errors import BadInputError, HgadError
 from hgad.runtime import select
-from hgad.runtime.bench import run_bench
+from hgad.runtime.bench import run_bench, sustained_fps
 from hgad.runtime.engine_cache import EngineCache, EngineKey
 from hgad.runtime.parity import golden_frames
 from hgad.runtime.select import open_backend
@@ -165,6 +166,28 @@ def test_bench_json(tiny_model):
     # A high-water mark per batch, taken smallest batch first: it never falls and ends at the process peak.
     assert 0 < result["batches"]["1"]["peak_rss_mb"] <= result["batches"]["2"]["peak_rss_mb"]
     assert result["batches"]["2"]["peak_rss_mb"] <= result["peak_rss_mb"]
+
+
+def test_sustained_rate_counts_the_slow_frames(tiny_model):
+    """The bare model's rate that the agent's is set beside: frames over a window, every one counted (a median of
+    single runs would leave the slow ones out)."""
+
+    class SlowEveryOther(TorchBackend):
+        calls = 0
+
+        def infer(self, frames, line=None):
+            self.calls += 1
+            if self.calls % 2:
+                time.sleep(0.05)
+            return super().infer(frames, line)
+
+    backend = SlowEveryOther(tiny_model, "cpu")
+    t0 = time.perf_counter()
+    fps = sustained_fps(backend, 0.5, camera_shape=(90, 160))
+    elapsed = time.perf_counter() - t0
+    assert elapsed >= 0.5 and backend.calls >= 4  # the warm frame and at least min_frames
+    # Half of the frames took 50 ms more: at most 40 frames/s, however fast the tiny model is.
+    assert 0 < fps <= 40.0
 
 
 def test_export_and_bench_cli(tiny_model_dir, tmp_path):

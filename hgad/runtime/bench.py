@@ -59,6 +59,21 @@ def _one_batch(backend: Backend, frames: list[np.ndarray], iters: int, warmup: i
     }
 
 
+def sustained_fps(
+    backend: Backend, seconds: float, camera_shape: tuple[int, int] = CAMERA_SHAPE, min_frames: int = 3
+) -> float:
+    """Frames/s of camera frames judged one after another for `seconds` (resize included): a rate over time, as
+    the agent's own is. The median of single runs (`run_bench`) leaves out the slow ones that a busy machine
+    makes; the agent's rate cannot, so its ratio is to this."""
+    frames = _camera_frames(backend.image_size, 1, camera_shape)
+    backend.infer(to_batch(frames, backend.image_size))  # warm
+    n, t0 = 0, time.perf_counter()
+    while n < min_frames or time.perf_counter() - t0 < seconds:
+        backend.infer(to_batch(frames, backend.image_size))
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
 def cpu_name() -> str:
     """The CPU's model name where Linux says it, else what Python knows."""
     try:
