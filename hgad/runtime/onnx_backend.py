@@ -7,10 +7,10 @@ on the CPU. At load, golden frames must agree with the eager model within the fp
 or the graph is removed from the cache and refused. The same file is what TensorRT reads on a Jetson
 (`trtexec --onnx=...`, or ONNX Runtime's TensorRT execution provider), beside the torch-tensorrt path.
 
-ONNX Runtime rather than OpenVINO: on x86 cores, fp32, the same ONNX graph, the two run level and both within
-1e-5 of eager torch; OpenVINO's bf16 default, where a CPU has it, is faster but moves scores by 30 %, which no
-threshold survives (docs/results.md, "Speed on a CPU"). At equal speed the smaller dependency won, and the one
-whose graph a Jetson's TensorRT also reads.
+ONNX Runtime rather than OpenVINO (docs/results.md, "Speed on a CPU"): on AMD cores, fp32, the same graph,
+the two run level, both within 1e-5 of eager torch; on Intel cores OpenVINO is a fifth to a third faster
+alone but sets how many threads it runs, not how they wait, which is what lets the model share two cores with
+the cameras (share_cores); its bf16 default, where a CPU has it, moves scores by 30 %, which no threshold survives.
 
 In the agent the camera threads decode and resize on the same cores; the pool is sized and told how to wait
 for the share of the CPU they take (share_cores, told by the pipeline).
