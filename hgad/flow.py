@@ -84,6 +84,48 @@ class CouplingBlock(nn.Module):
         return y, logdet
 
 
+class FoldedCoupling(nn.Module):
+    """A CouplingBlock's forward map on a fixed grid, for scoring: the same z in fewer, larger operations.
+
+    With the grid fixed, the position term is a constant per position, added with the first layer's bias;
+    1/clamp goes into the rows of W2 that make a_s; the global affine goes into the mixing:
+
+        h  = relu(x1 W1x^T + c)          c = p W1p^T + b1, one row per grid position
+        [u, a_t] = h W2'^T + b2'         W2', b2': W2, b2 with their first (active) rows over clamp
+        y2 = x2 * exp(clamp * tanh(u)) + a_t
+        z  = [x1, y2] M + m              M = diag(softplus(g)) Q^T,  m = h_g Q^T
+
+    Scoring does not use log|det J|, so it is not computed. Built from the block's weights when folded
+    (Flow.folded); it holds copies, so a model is folded again after its weights change (HGAD.fold).
+    """
+
+    def __init__(self, block: CouplingBlock, pos: torch.Tensor):
+        super().__init__()
+        self.passive, self.active, self.clamp = block.passive, block.active, block.clamp
+        with torch.no_grad():
+            hidden = block.in_x.weight.shape[0]
+            c = (block.in_pos(pos) + block.in_x.bias).reshape(-1, hidden)
+            w2, b2 = block.out.weight.clone(), block.out.bias.clone()
+            w2[: self.active] /= self.clamp
+            b2[: self.active] /= self.clamp
+            scale = F.softplus(block.global_scale)
+            tensors = {
+                "w1": block.in_x.weight.t(), "c": c, "w2": w2.t(), "b2": b2,
+                "m": scale[:, None] * block.mix.t(), "m_shift": block.global_shift @ block.mix.t(),
+            }  # fmt: skip
+        for name, t in tensors.items():
+            # Not saved: derived from the block's weights whenever a model is folded.
+            self.register_buffer(name, t.detach().contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, P, C] at the grid's P positions -> z [B, P, C]."""
+        x1, x2 = x[..., : self.passive], x[..., self.passive :]
+        h = torch.relu(x1 @ self.w1 + self.c)
+        a = h @ self.w2 + self.b2
+        y2 = x2 * torch.exp(self.clamp * torch.tanh(a[..., : self.active])) + a[..., self.active :]
+        return torch.cat([x1, y2], dim=-1) @ self.m + self.m_shift
+
+
 class Flow(nn.Module):
     """x [..., C] and positional encodings broadcastable to [..., P] -> z [..., C], log|det J| [...]."""
 
@@ -102,3 +144,8 @@ class Flow(nn.Module):
             x, ld = block(x, pos)
             logdet = logdet + ld
         return x, logdet
+
+    def folded(self, pos: torch.Tensor) -> nn.Sequential:
+        """The forward map to z on the grid whose encodings are `pos` [h, w, P], as one module taking x
+        [B, h * w, C] (FoldedCoupling)."""
+        return nn.Sequential(*(FoldedCoupling(block, pos) for block in self.blocks))

@@ -68,6 +68,12 @@ class GroupedHGAD(FramePath):
     def to_map(self) -> nn.Module:
         return self.groups[0].to_map
 
+    def fold(self) -> GroupedHGAD:
+        """Each group's flow folded for scoring (HGAD.fold)."""
+        for group in self.groups:
+            group.fold()
+        return self
+
     def group_of(self, line: str) -> int:
         index = self.classes.index(line)
         return next(i for i, (a, b) in enumerate(self.bounds) if a <= index < b)

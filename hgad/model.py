@@ -74,6 +74,8 @@ class HGAD(FramePath):
         self.register_buffer("in_scale", 1.0 / (255.0 * std), persistent=False)
         self.register_buffer("in_shift", -mean / std, persistent=False)
         self.to_map = SmoothedMap(self.side, cfg.image_size, cfg.score.sigma * cfg.image_size / 256.0)
+        self.folded: nn.Module | None = None  # the flow folded for scoring whole grids (fold)
+        self._folded_from: tuple[int, ...] = ()
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -83,6 +85,24 @@ class HGAD(FramePath):
         super().train(mode)
         self.backbone.train(False)
         return self
+
+    def fold(self) -> HGAD:
+        """Fold the flow for scoring whole grids (flow.FoldedCoupling): the same scores in fewer operations,
+        the position terms computed once (model_dir.load_model folds every model it loads). The folded copy
+        is used while the flow's weights are as they were when folded; once they change in place (training,
+        loading weights, an edit) scoring takes the flow itself until the model is folded again."""
+        self.folded = self.flow.folded(self.pos)
+        self._folded_from = self._flow_versions()
+        return self
+
+    def _flow_versions(self) -> tuple[int, ...]:
+        # A tensor's version counter moves with every in-place change: optimiser steps, load_state_dict, edits.
+        return tuple(p._version for p in self.flow.parameters())
+
+    def _folded_flow(self) -> nn.Module | None:
+        if self.folded is None or self.training or self._flow_versions() != self._folded_from:
+            return None
+        return self.folded
 
     def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 BGR frames [B, S, S, 3] (OpenCV's layout) -> normalised RGB [B, 3, S, S]."""
@@ -103,8 +123,13 @@ class HGAD(FramePath):
         """Log-likelihoods of channel-last features [B, h, w, C]; the one path inference and the training
         statistics share. `sel` ([B, P] flat positions) scores the vectors at those positions only, x [B, P, C].
         `raw` leaves out the per-position standardisation (to fit it)."""
-        pos = self.pos if sel is None else self.pos.reshape(-1, self.pos.shape[-1])[sel]
-        out = self.prior.score(self.flow(x, pos)[0], bias)
+        folded = self._folded_flow() if sel is None else None
+        if folded is not None:
+            z = folded(x.flatten(1, 2)).reshape(x.shape)
+        else:
+            pos = self.pos if sel is None else self.pos.reshape(-1, self.pos.shape[-1])[sel]
+            z = self.flow(x, pos)[0]
+        out = self.prior.score(z, bias)
         if raw:
             return out.ll
         return self.standardise_positions(out.ll, self.line_weights(out.joint), sel)

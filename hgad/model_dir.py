@@ -188,5 +188,5 @@ def load_model(path: Path, device: str | torch.device = "cpu") -> LoadedModel:
         raise ModelFormatError(
             f"{weights}: tensors do not fit the configuration (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    model.eval().to(device)
+    model.eval().fold().to(device)
     return LoadedModel(model=model, model_id=meta["model_id"], path=path, meta=meta)

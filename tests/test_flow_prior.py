@@ -53,6 +53,21 @@ def test_maps_and_sampled_positions_agree():
     assert torch.allclose(ld_map.reshape(-1), ld_vec, atol=1e-5)
 
 
+def test_the_folded_flow_gives_the_flows_z_on_its_grid():
+    """Scoring folds the position terms, the clamp's division and the global affine into the products: the
+    same z, in float32 to rounding."""
+    flow = _perturbed_flow(7, 8).float()  # an odd channel count: passive and active halves differ
+    pos = positional_encoding_2d(8, 4, 5)
+    x = torch.randn(3, 4, 5, 7)
+    with torch.no_grad():
+        z, _ = flow(x, pos)
+        folded = flow.folded(pos)(x.flatten(1, 2))
+    assert folded.shape == (3, 20, 7)
+    assert torch.allclose(folded.reshape(z.shape), z, atol=1e-5) and (z - x).abs().max() > 0.1
+    # Copies of the weights, not saved with a model.
+    assert not flow.folded(pos).state_dict()
+
+
 def test_positional_encoding_is_distinct_per_position():
     enc = positional_encoding_2d(16, 8, 8).reshape(64, 16)
     assert torch.cdist(enc, enc).fill_diagonal_(1.0).min() > 0.1

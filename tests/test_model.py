@@ -80,6 +80,28 @@ def test_golden_frames_are_deterministic():
 # ------------------------------------------------------------------------------------------ model dir
 
 
+def test_a_loaded_model_scores_with_its_flow_folded_until_its_weights_may_change(tiny_model_dir):
+    model = load_model(tiny_model_dir).model
+    assert model.folded is not None
+    x = torch.randn(2, model.side, model.side, model.channels)
+    bias = model.class_bias(None, 2)[:, None, None, :]
+    with torch.no_grad():
+        folded = model.score_positions(x, bias)
+        model.folded = None
+        plain = model.score_positions(x, bias)
+    assert torch.allclose(folded, plain, rtol=1e-4, atol=1e-4)
+    # Weights changed in place (an optimiser step, loaded weights, an edit): scoring takes the flow itself.
+    model.fold()
+    with torch.no_grad():
+        model.flow.blocks[0].global_shift.add_(3.0)
+        edited = model.score_positions(x, bias)
+        model.folded = None
+        assert torch.equal(edited, model.score_positions(x, bias)) and not torch.allclose(edited, plain)
+    # Training scores with the flow too, and a saved model never holds the folded copy.
+    assert model.fold().train()._folded_flow() is None and model.eval()._folded_flow() is not None
+    assert not any(k.startswith("folded") for k in model.state_dict())
+
+
 def test_roundtrip_keeps_scores_and_id(tiny_model, tiny_model_dir):
     again = load_model(tiny_model_dir)
     assert again.model_id == tiny_model.model_id
