@@ -74,6 +74,11 @@ class GroupedHGAD(FramePath):
             group.fold()
         return self
 
+    def unfold(self) -> GroupedHGAD:
+        for group in self.groups:
+            group.unfold()
+        return self
+
     def group_of(self, line: str) -> int:
         index = self.classes.index(line)
         return next(i for i, (a, b) in enumerate(self.bounds) if a <= index < b)

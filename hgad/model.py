@@ -95,12 +95,21 @@ class HGAD(FramePath):
         self._folded_from = self._flow_versions()
         return self
 
+    def unfold(self) -> HGAD:
+        """Score with the flow itself (what a quantiser that rewrites its Linear layers must see)."""
+        self.folded = None
+        return self
+
     def _flow_versions(self) -> tuple[int, ...]:
         # A tensor's version counter moves with every in-place change: optimiser steps, load_state_dict, edits.
         return tuple(p._version for p in self.flow.parameters())
 
     def _folded_flow(self) -> nn.Module | None:
-        if self.folded is None or self.training or self._flow_versions() != self._folded_from:
+        if self.folded is None or self.training:
+            return None
+        # Traced for export (torch.export, a TensorRT build) the parameters are stand-ins with versions of their
+        # own: the folded copy is taken, which is why those exports fold the model afresh first.
+        if not torch.compiler.is_compiling() and self._flow_versions() != self._folded_from:
             return None
         return self.folded
 

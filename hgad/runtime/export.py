@@ -31,7 +31,8 @@ class ExportResult:
 
 
 def export_program(loaded: LoadedModel, batch: int = 1) -> torch.export.ExportedProgram:
-    model = loaded.model.eval().cpu()
+    # Folded afresh: a traced flow cannot tell whether its weights changed since they were folded (HGAD.fold).
+    model = loaded.model.eval().cpu().fold()
     s = model.cfg.image_size
     example = (torch.zeros(batch, s, s, 3, dtype=torch.uint8), model.class_bias(None, batch))
     with torch.no_grad():

@@ -105,6 +105,9 @@ def compile_engine(
 ) -> nn.Module:
     import torch_tensorrt
 
+    # Folded afresh for the trace (a traced flow cannot tell whether its weights changed since they were
+    # folded: HGAD.fold); INT8 quantises the flow's Linear layers, so that engine is built from the flow itself.
+    model = model.unfold() if precision == "int8" else model.fold()
     module = EngineInput(model).eval().to(device)
     s = model.cfg.image_size
     example = (torch.zeros(batch, s, s, 3, device=device), model.class_bias(None, batch).to(device))
