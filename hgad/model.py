@@ -130,7 +130,8 @@ class HGAD(FramePath):
         self, x: torch.Tensor, bias: torch.Tensor, sel: torch.Tensor | None = None, raw: bool = False
     ) -> torch.Tensor:
         """Log-likelihoods of channel-last features [B, h, w, C]; the one path inference and the training
-        statistics share. `sel` ([B, P] flat positions) scores the vectors at those positions only, x [B, P, C].
+        statistics share (whole grids of a folded model take the folded flow, the same z to float32
+        rounding). `sel` ([B, P] flat positions) scores the vectors at those positions only, x [B, P, C].
         `raw` leaves out the per-position standardisation (to fit it)."""
         folded = self._folded_flow() if sel is None else None
         if folded is not None:
